@@ -15,7 +15,10 @@ SIZE_KEYS = ("n_target", "param_budget")
 
 
 def plan_from_config(
-    cfg: Mapping[str, Any], n_source: int, *, scores: Sequence[float] | None = None,
+    cfg: Mapping[str, Any],
+    n_source: int,
+    *,
+    scores: Sequence[float] | None = None,
     model_config: Any = None,
 ) -> LayerPlan:
     """``scores`` feeds the 'importance' strategy when the config does not list them itself;
@@ -51,11 +54,13 @@ def plan_from_config(
 
 def _resolve_n_target(cfg: Mapping[str, Any], strategy: str, n_source: int, model_config: Any) -> int | None:
     budget = cfg.get("param_budget")
-    n_target = cfg["n_target"] if "n_target" in cfg else (None if strategy in ("explicit", "none")
-                                                             else DEFAULT_N_TARGET)
+    default = None if strategy in ("explicit", "none") else DEFAULT_N_TARGET
+    n_target = cfg.get("n_target", default)
     if budget is None:
         if n_target is None and strategy not in ("explicit", "none"):
-            raise ValueError(f"layer_selection (strategy={strategy!r}): set option 'n_target' or 'param_budget'")
+            raise ValueError(
+                f"layer_selection (strategy={strategy!r}): set option 'n_target' or 'param_budget'"
+            )
         return n_target
     if n_target is not None:
         raise ValueError(
@@ -71,7 +76,9 @@ def _resolve_n_target(cfg: Mapping[str, Any], strategy: str, n_source: int, mode
         try:
             budget = float(budget)
         except ValueError as err:
-            raise ValueError(f"layer_selection: option 'param_budget' must be a number, got {budget!r}") from err
+            raise ValueError(
+                f"layer_selection: option 'param_budget' must be a number, got {budget!r}"
+            ) from err
     try:
         return n_target_for_budget(model_config, budget)
     except ValueError as err:

@@ -105,7 +105,7 @@ class LayerPlan:
         )
         if "n_target" in data and int(data["n_target"]) != plan.n_target:
             raise ValueError(
-                f"LayerPlan.from_dict: n_target={data['n_target']} disagrees with len(sources)={plan.n_target}"
+                f"LayerPlan.from_dict: n_target={data['n_target']} != len(sources)={plan.n_target}"
             )
         return plan
 

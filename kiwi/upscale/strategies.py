@@ -45,7 +45,9 @@ def _expand(n_source: int, copies: dict[int, int]) -> tuple[int, ...]:
 def _growth(strategy: str, n_source: int, n_target: int) -> int:
     if n_target < n_source:
         raise _fail(
-            strategy, "n_target", f"n_target={n_target} < n_source={n_source}; this strategy only grows the model"
+            strategy,
+            "n_target",
+            f"n_target={n_target} < n_source={n_source}; this strategy only grows the model",
         )
     return n_target - n_source
 
@@ -65,7 +67,8 @@ def _solar(n_source: int, n_target: int, m: int | None = None) -> tuple[int, ...
     if m is None:
         if n_target % 2:
             raise _fail(
-                "solar", "n_target",
+                "solar",
+                "n_target",
                 f"n_target={n_target} is odd but SOLAR keeps 2*n_source - 2*m layers; use an even n_target "
                 "or the 'explicit' strategy",
             )
@@ -73,12 +76,15 @@ def _solar(n_source: int, n_target: int, m: int | None = None) -> tuple[int, ...
     m = _int("solar", "m", m)
     if not 0 <= m < n_source:
         raise _fail(
-            "solar", "m",
-            f"m={m} must be in 0..{n_source - 1} (n_target={n_target} needs n_source < n_target <= 2*n_source)",
+            "solar",
+            "m",
+            f"m={m} must be in 0..{n_source - 1} (needs n_source < n_target={n_target} <= 2*n_source)",
         )
     if 2 * n_source - 2 * m != n_target:
         raise _fail(
-            "solar", "m", f"m={m} gives 2*{n_source}-2*{m}={2 * n_source - 2 * m} layers, not n_target={n_target}"
+            "solar",
+            "m",
+            f"m={m} gives 2*{n_source}-2*{m}={2 * n_source - 2 * m} layers, not n_target={n_target}",
         )
     return tuple(range(n_source - m)) + tuple(range(m, n_source))
 
@@ -102,7 +108,9 @@ def _llama_pro(n_source: int, n_target: int) -> tuple[int, ...]:
 
 
 def _explicit(
-    n_source: int, n_target: int | None, layers: Sequence[int] | None = None,
+    n_source: int,
+    n_target: int | None,
+    layers: Sequence[int] | None = None,
     slices: Sequence[Sequence[int]] | None = None,
 ) -> tuple[int, ...]:
     if (layers is None) == (slices is None):
@@ -116,7 +124,9 @@ def _explicit(
         option = "layers"
     else:
         if isinstance(slices, str) or not isinstance(slices, Sequence):
-            raise _fail("explicit", "slices", f"must be a list of [start, end_exclusive] pairs, got {slices!r}")
+            raise _fail(
+                "explicit", "slices", f"must be a list of [start, end_exclusive] pairs, got {slices!r}"
+            )
         if len(slices) == 0:
             raise _fail("explicit", "slices", "is empty")
         sources = []
@@ -126,7 +136,8 @@ def _explicit(
             start, end = (_int("explicit", "slices", v) for v in pair)
             if not 0 <= start < end <= n_source:
                 raise _fail(
-                    "explicit", "slices",
+                    "explicit",
+                    "slices",
                     f"entry {i} [{start}, {end}] must satisfy 0 <= start < end <= n_source={n_source}",
                 )
             sources += range(start, end)
@@ -140,20 +151,26 @@ def _explicit(
 
 
 def _importance(
-    n_source: int, n_target: int, scores: Sequence[float] | None = None, direction: str = "most",
+    n_source: int,
+    n_target: int,
+    scores: Sequence[float] | None = None,
+    direction: str = "most",
     metric: str | None = None,
 ) -> tuple[int, ...]:
     del metric  # provenance only: which measurement produced ``scores``
     extra = _growth("importance", n_source, n_target)
     if scores is None:
         raise _fail(
-            "importance", "scores",
+            "importance",
+            "scores",
             "missing; compute them with kiwi.upscale.importance.layer_scores(model, batches)",
         )
     if isinstance(scores, str) or not isinstance(scores, Sequence) or len(scores) == 0:
         raise _fail("importance", "scores", f"must be a non-empty list of floats, got {scores!r}")
     if len(scores) != n_source:
-        raise _fail("importance", "scores", f"has {len(scores)} entries, expected one per source layer ({n_source})")
+        raise _fail(
+            "importance", "scores", f"has {len(scores)} entries, expected one per source layer ({n_source})"
+        )
     if not all(isinstance(s, Real) and not isinstance(s, bool) for s in scores):
         raise _fail("importance", "scores", "all entries must be numbers")
     if direction not in ("most", "least"):
@@ -167,7 +184,9 @@ def _importance(
 
 def _none(n_source: int, n_target: int) -> tuple[int, ...]:
     if n_target != n_source:
-        raise _fail("none", "n_target", f"must equal n_source={n_source} (the base unchanged), got {n_target}")
+        raise _fail(
+            "none", "n_target", f"must equal n_source={n_source} (the base unchanged), got {n_target}"
+        )
     return tuple(range(n_source))
 
 
@@ -194,8 +213,13 @@ def strategy_options(strategy: str) -> tuple[str, ...]:
 
 
 def make_plan(
-    strategy: str, n_source: int, n_target: int | None = None, *, identity_init: bool | None = None,
-    trainable: str | None = None, **options: Any,
+    strategy: str,
+    n_source: int,
+    n_target: int | None = None,
+    *,
+    identity_init: bool | None = None,
+    trainable: str | None = None,
+    **options: Any,
 ) -> LayerPlan:
     """Build a validated LayerPlan. ``n_target`` may be None only for 'explicit' (length of the list)
     and 'none' (n_source)."""
@@ -231,8 +255,12 @@ def make_plan(
         ident.append(identity and s in seen)
         seen.add(s)
     return LayerPlan(
-        strategy=strategy, n_source=n_source, sources=sources, identity_init=tuple(ident),
-        trainable=mode, options={"identity_init": identity, "trainable": mode, **_plain(options)},
+        strategy=strategy,
+        n_source=n_source,
+        sources=sources,
+        identity_init=tuple(ident),
+        trainable=mode,
+        options={"identity_init": identity, "trainable": mode, **_plain(options)},
     )
 
 
