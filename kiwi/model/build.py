@@ -1,0 +1,206 @@
+"""The one place that turns a model config into a Hugging Face model: base -> (importance scores) -> upscaled.
+
+Training, evaluation and the benches all come through here, so a hub id, a freshly upscaled strategy at
+step 0 and a training checkpoint are loaded the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class BuiltModel:
+    model: Any              # transformers PreTrainedModel (upscaled)
+    tokenizer: Any
+    plan: Any               # kiwi.upscale.LayerPlan
+    base_path: str
+    base_config: Any        # the base model's HF config (before upscaling)
+
+
+def as_dict(cfg: Mapping | DictConfig | None) -> dict:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"model.dtype: unknown dtype {name!r}; choose from {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def build_tiny_base(tiny: Mapping, cache_dir: str | Path) -> Path:
+    """A random-init Qwen2 with an offline tokenizer, saved once as an HF directory and reused."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from kiwi.data.corpus import build_corpus_file
+    from kiwi.data.tokenizer import build_offline_tokenizer
+
+    tiny = dict(tiny)
+    packages = tuple(tiny.pop("corpus_packages", ("stdlib",)))
+    seed = int(tiny.pop("seed", 0))
+    vocab_size = int(tiny.pop("vocab_size", 8192))
+    key = hashlib.sha256(json.dumps([sorted(tiny.items()), packages, seed, vocab_size]).encode()).hexdigest()[:12]
+    out = Path(cache_dir).expanduser() / f"tiny-base-{key}"
+    if (out / "config.json").exists():
+        return out
+    corpus = build_corpus_file(Path(cache_dir).expanduser(), packages)
+    tok_dir = build_offline_tokenizer(corpus, vocab_size, Path(cache_dir).expanduser())
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    try:
+        config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, **tiny)
+    except TypeError as err:
+        raise ValueError(f"model.tiny: {err}") from err
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(out)
+    return out
+
+
+def resolve_base(model_cfg: Mapping, cache_dir: str | Path) -> str:
+    if model_cfg.get("tiny"):
+        return str(build_tiny_base(model_cfg["tiny"], cache_dir))
+    if not model_cfg.get("base"):
+        raise ValueError("model.base: set a hub id or local directory (or model.tiny for an offline base)")
+    return str(model_cfg["base"])
+
+
+def load_base_config(base: str, revision: str | None = None):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(base, revision=revision)
+    except OSError as err:
+        raise OSError(f"model.base: cannot load the config of {base!r} ({err}). Is the hub reachable, "
+                      "or is it a local directory with config.json?") from err
+
+
+def plan_for(model_cfg: Mapping, base_config, scores=None):
+    """Validate the layer selection against the base config (no weights needed, except importance scores)."""
+    from kiwi.upscale import plan_from_config
+
+    ls = as_dict(model_cfg.get("layer_selection")) or {"strategy": "none"}
+    return plan_from_config(ls, base_config.num_hidden_layers, scores=scores, model_config=base_config)
+
+
+def needs_scores(model_cfg: Mapping) -> bool:
+    return (as_dict(model_cfg.get("layer_selection")) or {}).get("strategy") == "importance"
+
+
+def calibration_batches(tokenizer, texts: Iterable[str], n_docs: int, seq_len: int) -> list[torch.Tensor]:
+    """Token batches for layer-importance scores: the first ``n_docs`` texts, truncated to ``seq_len``."""
+    batches = []
+    for i, text in enumerate(texts):
+        if i >= n_docs:
+            break
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:seq_len]
+        if len(ids) >= 2:
+            batches.append(torch.tensor([ids]))
+    if not batches:
+        raise ValueError("model.layer_selection: importance needs calibration text, none was found")
+    return batches
+
+
+def default_calibration_texts(cache_dir: str | Path) -> Iterable[str]:
+    from kiwi.data.corpus import build_corpus_file
+
+    path = build_corpus_file(Path(cache_dir).expanduser(), ("stdlib",))
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)["text"]
+
+
+def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
+                calibration_texts: Iterable[str] | None = None, device: str | torch.device = "cpu",
+                plan=None) -> BuiltModel:
+    """Load the base (hub id, local dir, or tiny offline build) and upscale it by ``layer_selection``.
+
+    The plan is validated from the base config before any weights are read, so a bad strategy option
+    fails in seconds even for a hub model. A given ``plan`` (e.g. stored in a checkpoint) is used as is.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kiwi.upscale import apply_trainable, upscale
+
+    model_cfg = as_dict(model_cfg)
+    base = resolve_base(model_cfg, cache_dir)
+    base_config = load_base_config(base, model_cfg.get("revision"))
+    if plan is None and not needs_scores(model_cfg):
+        plan = plan_for(model_cfg, base_config)
+    tokenizer = AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or base)
+    attn = resolve_attn(model_cfg.get("attn_implementation", "auto"), torch.device(device).type)
+    model = AutoModelForCausalLM.from_pretrained(
+        base, revision=model_cfg.get("revision"), dtype=torch_dtype(model_cfg.get("dtype", "float32")),
+        attn_implementation=attn,
+    )
+    if plan is None:
+        plan = score_and_plan(model, tokenizer, model_cfg, base_config, cache_dir, calibration_texts)
+    log.info("Layer plan (%s, %d -> %d layers):\n%s", plan.strategy, plan.n_source, plan.n_target, plan.table())
+    upscaled = upscale(model, plan)
+    del model
+    apply_trainable(upscaled, plan, (as_dict(model_cfg.get("layer_selection")) or {}).get("trainable", "all"))
+    return BuiltModel(upscaled, tokenizer, plan, base, base_config)
+
+
+def score_and_plan(model, tokenizer, model_cfg, base_config, cache_dir, calibration_texts):
+    from kiwi.upscale.importance import layer_scores
+
+    ls = as_dict(model_cfg.get("layer_selection"))
+    cal = ls.get("calibration", {}) or {}
+    texts = calibration_texts if calibration_texts is not None else default_calibration_texts(cache_dir)
+    batches = calibration_batches(tokenizer, texts, int(cal.get("documents", 16)), int(cal.get("seq_len", 512)))
+    scores = layer_scores(model, batches, metric=ls.get("metric", "block_influence"))
+    return plan_for(model_cfg, base_config, scores=scores)
+
+
+def resolve_attn(name: str, device_type: str) -> str:
+    from kiwi.model.attention import resolve_attn_implementation
+
+    return resolve_attn_implementation(name, device_type)
+
+
+def load_model(path: str | Path, dtype: str = "float32", attn_implementation: str = "auto",
+               device: str = "cpu"):
+    """(model, tokenizer, plan or None) from an HF directory or hub id, a Lightning ``.ckpt`` file, or a
+    DeepSpeed checkpoint directory (converted to a consolidated state dict first)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kiwi.upscale import LayerPlan
+
+    p = Path(str(path)).expanduser()
+    attn = resolve_attn(attn_implementation, torch.device(device).type)
+    if p.is_dir() and (p / "config.json").exists() or not p.exists():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype),
+                                                         attn_implementation=attn)
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except OSError as err:
+            raise OSError(f"cannot load model {str(path)!r}: {err}") from err
+        plan_dict = getattr(model.config, "kiwi_layer_plan", None)
+        return model, tokenizer, LayerPlan.from_dict(plan_dict) if plan_dict else None
+    from kiwi.train.checkpoint import load_training_checkpoint
+
+    return load_training_checkpoint(p, dtype=torch_dtype(dtype), attn_implementation=attn)

@@ -1,0 +1,40 @@
+"""Token budgets, as researchers think of them, turned into optimizer steps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Budget:
+    total_tokens: int
+    tokens_per_step: int
+    steps: int
+    warmup_steps: int
+
+    def describe(self, tokens_per_s: float | None = None) -> str:
+        line = (f"budget: {self.total_tokens:,} tokens = {self.steps:,} steps x {self.tokens_per_step:,} "
+                f"tokens/step (warmup {self.warmup_steps:,} steps)")
+        if tokens_per_s:
+            hours = self.total_tokens / tokens_per_s / 3600
+            line += f"; about {hours:,.2f} h at {tokens_per_s:,.0f} tokens/s"
+        return line
+
+
+def make_budget(total_tokens: float, batch_size: int, seq_len: int, world_size: int,
+                accumulate_grad_batches: int = 1, warmup_fraction: float = 0.01,
+                max_steps: int | None = None) -> Budget:
+    """Steps from a token budget; an explicit ``max_steps`` wins and sets the budget instead."""
+    per_step = int(batch_size) * int(seq_len) * int(world_size) * int(accumulate_grad_batches)
+    if per_step <= 0:
+        raise ValueError("budget: batch_size, seq_len, devices and accumulate_grad_batches must be positive")
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(f"budget.warmup_fraction: expected a value in [0, 1), got {warmup_fraction}")
+    if max_steps is not None and max_steps > 0:
+        steps = int(max_steps)
+    else:
+        if total_tokens is None or total_tokens <= 0:
+            raise ValueError(f"budget.total_tokens: expected a positive number, got {total_tokens}")
+        steps = math.ceil(float(total_tokens) / per_step)
+    return Budget(steps * per_step, per_step, steps, int(round(warmup_fraction * steps)))

@@ -1,0 +1,150 @@
+"""Callbacks a researcher watches: tokens/s and MFU, the layer plan, a progress bar in tokens, and a
+checkpoint on SIGTERM/SIGINT so a pre-empted job resumes where it stopped."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+def log_images(trainer: L.Trainer, images: dict[str, str | Path]) -> None:
+    """Log PNGs to every W&B logger of the trainer (other loggers keep the files on disk)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.experiment.log({k: wandb.Image(str(v)) for k, v in images.items()})
+
+
+class ThroughputMonitor(L.Callback):
+    """Tokens/s, MFU and peak memory per optimizer step (tokens counted across all ranks)."""
+
+    def __init__(self, peak_flops: float | None = None, window: int = 10):
+        self.peak_flops = peak_flops
+        self.window = window
+        self.tokens_seen = 0
+        self._times: list[float] = []
+        self._tokens: list[int] = []
+        self._t0: float | None = None
+        self.flops_per_token: float | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        from kiwi.train.flops import peak_flops_for_device, train_flops_per_token
+
+        seq_len = getattr(trainer.datamodule, "seq_len", None) if trainer.datamodule is not None else None
+        self.flops_per_token = train_flops_per_token(pl_module.model.config, seq_len=seq_len)
+        if self.peak_flops is None:
+            self.peak_flops = peak_flops_for_device(pl_module.device)
+        self.tokens_seen = int(trainer.callback_metrics.get("trainer/tokens_seen", 0) or 0)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        n = int(batch["input_ids"].numel()) * trainer.world_size
+        self.tokens_seen += n
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        now = time.perf_counter()
+        self._times.append(now - self._t0)
+        self._tokens.append(n)
+        self._t0 = now
+        self._times, self._tokens = self._times[-self.window:], self._tokens[-self.window:]
+        tps = sum(self._tokens) / max(sum(self._times), 1e-9)
+        metrics = {"trainer/tokens_seen": float(self.tokens_seen), "perf/tokens_per_s": tps}
+        if self.flops_per_token and self.peak_flops:
+            metrics["perf/mfu"] = tps * self.flops_per_token / (self.peak_flops * trainer.world_size)
+        if pl_module.device.type == "cuda":
+            metrics["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        self.last_tokens_per_s = tps
+
+    def on_validation_start(self, trainer, pl_module):
+        self._t0 = None  # validation time is not training throughput
+
+    def state_dict(self):
+        return {"tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state_dict):
+        self.tokens_seen = int(state_dict.get("tokens_seen", 0))
+
+
+class TokensProgressBar(TQDMProgressBar):
+    """The usual bar, with tokens/s and tokens seen next to the loss."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        tps = trainer.callback_metrics.get("perf/tokens_per_s")
+        if tps is not None:
+            items["tok/s"] = f"{float(tps):,.0f}"
+        seen = trainer.callback_metrics.get("trainer/tokens_seen")
+        if seen is not None:
+            items["tokens"] = f"{float(seen):.3g}"
+        return items
+
+
+class CheckpointOnSignal(L.Callback):
+    """On SIGTERM or SIGINT, finish the current step, write a checkpoint, then stop cleanly."""
+
+    def __init__(self, dirpath: str, filename: str = "interrupted.ckpt"):
+        self.path = Path(dirpath) / filename
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame):
+        log.warning("received signal %d: will checkpoint after this step and stop", signum)
+        self.received = signum
+
+    def on_train_start(self, trainer, pl_module):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        flag = torch.tensor(1 if self.received is not None else 0, device=pl_module.device)
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce(flag, reduce_op="max")
+        if int(flag) == 0:
+            return
+        trainer.save_checkpoint(self.path)
+        log.warning("checkpoint written to %s; resume with ckpt_path=%s", self.path, self.path)
+        trainer.should_stop = True
+        self.interrupted = True
+
+    def on_train_end(self, trainer, pl_module):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class LogLayerPlan(L.Callback):
+    """Write the plan (JSON, table, mergekit YAML, picture) beside the run and log it to W&B at start."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    @rank_zero_only
+    def on_fit_start(self, trainer, pl_module):
+        from kiwi.train.export import write_plan_files
+
+        files = write_plan_files(pl_module.plan, self.out_dir, base_model=str(
+            pl_module.hparams.model_cfg.get("base") or "tiny-base"))
+        if "plot" in files:
+            log_images(trainer, {"layer_plan": files["plot"]})

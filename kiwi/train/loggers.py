@@ -1,0 +1,48 @@
+"""W&B that never crashes or hangs on a missing login: offline unless a key or login is configured."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+_MODES = ("auto", "online", "offline", "disabled")
+
+
+def wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        hosts = netrc.netrc(str(path)).hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    return base in hosts
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"logger.wandb.mode: expected one of {_MODES}, got {mode!r}")
+    env = os.environ.get("WANDB_MODE")
+    if mode == "auto" and env:
+        mode = {"dryrun": "offline", "run": "online"}.get(env, env)
+    if mode == "auto":
+        mode = "online" if wandb_logged_in() else "offline"
+        if mode == "offline":
+            log.warning("W&B: no API key or login found, logging OFFLINE. Sync later with "
+                        "`wandb sync <run dir>/wandb/offline-run-*` (or `wandb login` before the next run).")
+    return mode
+
+
+def wandb_logger(project: str, save_dir: str, name: str | None = None, group: str | None = None,
+                 tags=None, mode: str = "auto", job_type: str | None = None, **kwargs):
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = resolve_wandb_mode(mode)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(project=project, save_dir=save_dir, name=name, group=group,
+                       tags=list(tags) if tags else None, mode=mode, job_type=job_type,
+                       offline=mode == "offline", **kwargs)

@@ -1,0 +1,129 @@
+"""``train.py``'s body: build the upscaled model and the data, train for a token budget, report, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from kiwi.model.build import as_dict, build_model
+from kiwi.train.budget import make_budget
+from kiwi.train.export import export_hf
+from kiwi.train.module import KiwiLM, perplexity
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(cfg: DictConfig | None) -> list:
+    """Each entry of a group such as ``callbacks`` or ``logger`` that has a ``_target_``."""
+    if not cfg:
+        return []
+    return [instantiate(v) for v in cfg.values() if isinstance(v, DictConfig) and "_target_" in v]
+
+
+def run_name(cfg: DictConfig) -> str:
+    ls = cfg.model.get("layer_selection") or {}
+    name = f"{cfg.task_name}-{ls.get('strategy', 'none')}"
+    if ls.get("identity_init"):
+        name += "-id"
+    return name
+
+
+def validate_early(cfg: DictConfig) -> None:
+    """Fail on config mistakes before any weights or data are touched."""
+    for key in ("model", "data", "trainer", "optimizer"):
+        if cfg.get(key) is None:
+            raise ValueError(f"config: missing group '{key}'")
+    if cfg.module.nonfinite_loss not in ("stop", "skip"):
+        raise ValueError(f"module.nonfinite_loss: expected 'stop' or 'skip', got {cfg.module.nonfinite_loss!r}")
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path: {cfg.ckpt_path} does not exist")
+
+
+def write_report(out_dir: Path, before: float | None, after: float | None, extra: dict) -> Path:
+    report = {"val_ppl_before": before, "val_ppl_after": after, **extra}
+    path = out_dir / "perplexity_report.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["| held-out perplexity | value |", "|---|---|",
+             f"| before training (step 0) | {before:.3f} |" if before is not None else "| before | n/a |",
+             f"| after training | {after:.3f} |" if after is not None else "| after | n/a |"]
+    (out_dir / "perplexity_report.md").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _val_ppl(trainer: L.Trainer, module: KiwiLM, datamodule) -> float | None:
+    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    loss = results[0].get("val/loss") if results else None
+    return perplexity(float(loss)) if loss is not None else None
+
+
+def run(cfg: DictConfig) -> dict:
+    validate_early(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    built = build_model(cfg.model, cfg.paths.cache_dir)
+    datamodule = instantiate(cfg.data, tokenizer=built.tokenizer)
+    loggers = instantiate_group(cfg.get("logger"))
+    for lg in loggers:
+        if hasattr(lg, "_wandb_init") and not lg._wandb_init.get("name"):
+            lg._wandb_init["name"] = run_name(cfg)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    budget = make_budget(cfg.budget.total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer.world_size,
+                         cfg.trainer.get("accumulate_grad_batches", 1), cfg.budget.warmup_fraction,
+                         cfg.trainer.get("max_steps"))
+    trainer.fit_loop.max_steps = budget.steps
+    module = KiwiLM(model_cfg=as_dict(cfg.model), optimizer=as_dict(cfg.optimizer),
+                    scheduler=as_dict(cfg.get("scheduler")) or None, cache_dir=cfg.paths.cache_dir,
+                    loss_chunk=cfg.module.loss_chunk, nonfinite_loss=cfg.module.nonfinite_loss,
+                    warmup_steps=budget.warmup_steps, total_steps=budget.steps, built=built)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info("model: %s -> %d layers, %.1fM params (%.1fM trainable)", built.base_path,
+             module.model.config.num_hidden_layers, n_params / 1e6, module.num_trainable_parameters() / 1e6)
+    log.info(budget.describe(cfg.budget.get("tokens_per_s_estimate")))
+    for lg in loggers:
+        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "n_params": n_params,
+                            "budget": budget.__dict__})
+
+    before = _val_ppl(trainer, module, datamodule) if cfg.validate_before and not cfg.get("ckpt_path") else None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    interrupted = any(getattr(cb, "interrupted", False) for cb in callbacks)
+    after = None if interrupted or trainer.fast_dev_run else _val_ppl(trainer, module, datamodule)
+
+    result = {"val/ppl_before": before, "val/ppl": after, "steps": trainer.global_step,
+              "tokens": trainer.global_step * budget.tokens_per_step, "interrupted": interrupted}
+    if trainer.is_global_zero:
+        write_report(out_dir, before, after, {"steps": result["steps"], "tokens": result["tokens"],
+                                              "plan": built.plan.strategy, "n_params": n_params})
+        if cfg.export_hf and not interrupted:
+            result["hf_dir"] = str(export_hf(module.model, built.tokenizer, built.plan, out_dir / "hf_model",
+                                             base_model=built.base_path))
+        print_outputs(out_dir, result)
+    finish_loggers(loggers)
+    return result
+
+
+def print_outputs(out_dir: Path, result: dict) -> None:
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    print(f"\nkiwi: outputs in {out_dir}")
+    print(f"  held-out perplexity: before {fmt(result['val/ppl_before'])} -> after {fmt(result['val/ppl'])}")
+    ckpts = sorted((out_dir / "checkpoints").glob("*.ckpt")) if (out_dir / "checkpoints").exists() else []
+    for p in ckpts:
+        print(f"  checkpoint: {p}")
+    if "hf_dir" in result:
+        print(f"  Hugging Face model: {result['hf_dir']}")
+    print(f"  report: {out_dir / 'perplexity_report.json'}")
+
+
+def finish_loggers(loggers: list) -> None:
+    """Close W&B runs so the next job of a multirun starts its own run."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
+            lg.experiment.finish()
