@@ -50,10 +50,10 @@ def count_parameters(config_or_model: Any, n_layers: int | None = None) -> int:
         config = config_or_model.config
     else:
         config = config_or_model
+    per_layer = layer_parameter_count(config)
     layers = config.num_hidden_layers if n_layers is None else n_layers
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
         raise ValueError(f"count_parameters: n_layers must be a non-negative integer, got {layers!r}")
-    per_layer = layer_parameter_count(config)
     embed = config.vocab_size * config.hidden_size
     lm_head = 0 if getattr(config, "tie_word_embeddings", False) else embed
     final_norm = config.hidden_size

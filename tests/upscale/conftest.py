@@ -44,3 +44,9 @@ def model6() -> Qwen2ForCausalLM:
 @pytest.fixture(scope="module")
 def model24() -> Qwen2ForCausalLM:
     return tiny_model(24, hidden_size=32, intermediate_size=64)
+
+
+@pytest.fixture
+def make_tiny_model():
+    """Factory fixture (test modules cannot import this conftest: tests/upscale is not a package)."""
+    return tiny_model
