@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_qwen_models import tiny_qwen2
 
 from kiwi.model.attention import (
     build_packed_mask,
@@ -14,6 +13,7 @@ from kiwi.model.attention import (
     packed_position_ids,
     resolve_attn_implementation,
 )
+from tests.model.tiny_qwen_models import tiny_qwen2
 
 DOCS = [7, 1, 12, 5, 9]
 

@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 import torch
-from tiny_qwen_models import tiny_qwen2
 
 from kiwi.model.attention import packed_position_ids
 from kiwi.model.checkpointing import apply_activation_checkpointing, decoder_layers
 from kiwi.model.loss import lm_nll
+from tests.model.tiny_qwen_models import tiny_qwen2
 
 DOCS = [9, 4, 11]
 
