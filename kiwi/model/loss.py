@@ -4,15 +4,25 @@ At 32k tokens x 151,936 vocab the fp32 logits alone are 18.6 GiB, so the loss is
 positions, and its gradient is produced during the forward pass (as fused linear cross-entropy kernels
 do) so autograd never keeps a chunk's logits alive. Training loss, validation perplexity and
 ``evaluate.py`` all go through this file, so they share one definition of a token's log-likelihood.
+
+On CUDA, with gradients, ``lm_nll`` uses Liger's fused linear cross-entropy (``kiwi.model.liger``):
+the same quantity in Triton kernels (bf16 logits, fp32 softmax and fp32 gradient accumulation), and
+falls back to the chunked path with one logged notice when liger-kernel is not installed.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import Tensor
 
 IGNORE_INDEX = -100
 DEFAULT_CHUNK = 4096
+LOSS_IMPLS = ("auto", "chunked", "liger")
+
+log = logging.getLogger(__name__)
+_fallback_noticed = False
 
 
 def backbone_hidden(model, input_ids: Tensor, position_ids: Tensor | None = None) -> Tensor:
@@ -75,7 +85,43 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 def chunked_nll_sum(hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """Sum over valid positions of ``-log p(target)``; ``hidden`` is [N, H], ``targets`` is [N]."""
+    if not torch.is_grad_enabled():
+        # Inside autograd.Function.forward grad mode is always off, so only here can validation skip
+        # computing (and holding a [V, H] fp32 buffer for) gradients nobody will read.
+        return -token_logprobs(hidden, weight, targets, chunk).sum()
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk)
+
+
+def resolve_loss_impl(name: str, device_type: str, grad: bool = True) -> str:
+    """Concrete loss implementation: ``auto`` is ``liger`` on CUDA with gradients when liger-kernel is
+    installed, else ``chunked``. Explicit ``liger`` without CUDA or liger-kernel is an error."""
+    from kiwi.model.liger import liger_available
+
+    global _fallback_noticed
+    if name not in LOSS_IMPLS:
+        raise ValueError(f"loss implementation {name!r} is not supported; choose one of {list(LOSS_IMPLS)}")
+    if name == "liger":
+        if device_type != "cuda" or not liger_available():
+            raise ValueError("loss_impl='liger' needs a CUDA device and liger-kernel (requirements-gpu.txt)")
+        return "liger"
+    if name == "auto" and device_type == "cuda" and grad:
+        if liger_available():
+            return "liger"
+        if not _fallback_noticed:
+            log.warning("liger-kernel is not installed: using the chunked pure-torch cross-entropy on CUDA "
+                        "(slower; pip install -r requirements-gpu.txt)")
+            _fallback_noticed = True
+    return "chunked"
+
+
+def nll_sum(hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int = DEFAULT_CHUNK,
+            impl: str = "auto") -> Tensor:
+    """``chunked_nll_sum`` or Liger's fused kernel, per ``resolve_loss_impl``."""
+    if resolve_loss_impl(impl, hidden.device.type, torch.is_grad_enabled()) == "liger":
+        from kiwi.model.liger import liger_nll_sum
+
+        return liger_nll_sum(hidden, weight, targets)
+    return chunked_nll_sum(hidden, weight, targets, chunk)
 
 
 @torch.no_grad()
@@ -93,9 +139,10 @@ def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int =
 
 
 def lm_nll(model, input_ids: Tensor, labels: Tensor, position_ids: Tensor | None = None,
-           chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
-    """(sum of token NLLs, number of scored tokens) of a packed batch, HF label convention."""
+           chunk: int = DEFAULT_CHUNK, impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """(sum of token NLLs, number of scored tokens) of a packed batch, HF label convention.
+    ``impl``: ``auto`` (Liger on CUDA when training), ``chunked`` or ``liger``."""
     hidden = backbone_hidden(model, input_ids, position_ids)
     targets = shift_labels(labels).reshape(-1)
-    nll = chunked_nll_sum(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, targets, chunk)
+    nll = nll_sum(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, targets, chunk, impl)
     return nll, (targets != IGNORE_INDEX).sum()
