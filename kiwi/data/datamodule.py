@@ -1,0 +1,175 @@
+"""``PackedDataModule``: the Lightning side of the packed stream (train + held-out validation).
+
+Built by ``hydra.utils.instantiate(cfg.data, tokenizer=tokenizer)``. The first ``val_documents`` records
+of the source are the validation set: never trained on, packed the same way, not shuffled, and every rank
+evaluates all of it (so validation metrics agree across ranks and no rank waits on another).
+
+Exact resume: training rows carry a ``stream_state`` tag; ``on_before_batch_transfer`` (called by Lightning
+for each batch right before the training step, after prefetching) removes it from the batch and records
+it, so the saved position is that of the last batch actually trained on. Lightning keeps only rank 0's
+checkpoint, so ``state_dict`` gathers every rank's positions, and each rank picks its own on load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from kiwi.data.packed_dataset import STATE_KEY, PackedDataset
+from kiwi.data.sources import build_source
+
+
+class PackedDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        tokenizer: Any,
+        source: dict[str, Any],
+        seq_len: int = 32768,
+        batch_size: int = 1,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        num_workers: int = 0,
+        val_documents: int = 0,
+        val_seq_len: int | None = None,
+        val_batch_size: int | None = None,
+        text_field: str = "text",
+        on_error: str = "raise",
+        max_documents: int | None = None,
+        repeat: bool = True,
+        tokenize_batch: int = 64,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if tokenizer is None:
+            raise ValueError("data: pass tokenizer=... to instantiate the datamodule")
+        if batch_size < 1 or num_workers < 0 or val_documents < 0:
+            raise ValueError(
+                f"data: need batch_size >= 1, num_workers >= 0, val_documents >= 0 "
+                f"(got {batch_size}, {num_workers}, {val_documents})"
+            )
+        if max_documents is not None and max_documents <= val_documents:
+            raise ValueError(f"data.max_documents={max_documents} leaves nothing after val_documents={val_documents}")
+        self.tokenizer = tokenizer
+        self.source = build_source(text_field=text_field, on_error=on_error, **dict(source))
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.num_workers = num_workers
+        self.val_documents = val_documents
+        self.val_seq_len = val_seq_len or seq_len
+        self.val_batch_size = val_batch_size or batch_size
+        self.max_documents = max_documents
+        self.repeat = repeat
+        self.tokenize_batch = tokenize_batch
+        self.pin_memory = pin_memory
+        self.train_dataset: PackedDataset | None = None
+        self.val_dataset: PackedDataset | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        self.source.prepare()
+        rank, world = self._rank_world()
+        common = {"source": self.source, "tokenizer": self.tokenizer, "tokenize_batch": self.tokenize_batch}
+        self.train_dataset = PackedDataset(
+            seq_len=self.seq_len,
+            rank=rank,
+            world_size=world,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            first_document=self.val_documents,
+            end_document=self.max_documents,
+            repeat=self.repeat,
+            emit_state=True,
+            **common,
+        )
+        if self.val_documents:
+            self.val_dataset = PackedDataset(
+                seq_len=self.val_seq_len, rank=0, world_size=1, end_document=self.val_documents, **common
+            )
+        if self._pending_state is not None:
+            self._load_into_dataset(self._pending_state)
+            self._pending_state = None
+
+    def _loader(self, dataset: PackedDataset, batch_size: int) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_dataset, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("fit")
+        return self._loader(self.val_dataset, self.val_batch_size) if self.val_dataset is not None else []
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record where the consumed training rows came from and drop the tag from the batch."""
+        if isinstance(batch, dict) and STATE_KEY in batch:
+            batch = dict(batch)
+            tags = batch.pop(STATE_KEY)
+            if self.train_dataset is not None:
+                self.train_dataset.record(tags)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's stream positions (collective when distributed: all ranks must call it, as
+        Lightning's checkpoint dump does)."""
+        if self.train_dataset is None:
+            return dict(self._pending_state or {})
+        local = self.train_dataset.state_dict()
+        _, world = self._rank_world()
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list[Any] = [None] * world
+            torch.distributed.all_gather_object(states, local)
+        else:
+            states = [local]
+        merged = dict(local)
+        merged["positions"], merged["last_stream"] = {}, {}
+        n_streams = next((s["n_streams"] for s in states if s["n_streams"] is not None), None)
+        merged["n_streams"] = n_streams
+        per_rank = (n_streams // world) if n_streams else None
+        for owner, state in enumerate(states):
+            for stream, pos in state["positions"].items():
+                if per_rank is None or stream // per_rank == owner or len(states) == 1:
+                    merged["positions"][stream] = pos
+            if owner in state["last_stream"]:
+                merged["last_stream"][owner] = state["last_stream"][owner]
+        for state in states:  # positions of ranks that did not report (e.g. restored but not yet stepped)
+            for stream, pos in state["positions"].items():
+                merged["positions"].setdefault(stream, pos)
+            for owner, last in state["last_stream"].items():
+                merged["last_stream"].setdefault(owner, last)
+        return merged
+
+    def _load_into_dataset(self, state: dict[str, Any]) -> None:
+        self.train_dataset.load_state_dict(state)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.train_dataset is None:
+            self._pending_state = dict(state_dict)
+        else:
+            self._load_into_dataset(state_dict)

@@ -1,0 +1,222 @@
+"""``PackedDataset``: a document stream split across ranks and workers, shuffled, tokenized and packed.
+
+Splitting: with ``W`` dataloader workers and ``world_size`` ranks there are ``world_size * W`` streams;
+stream ``rank * W + local`` gets the records whose global index is congruent to it (see
+``kiwi.data.sources``), so every document is read, tokenized and yielded exactly once per epoch.
+
+Resume: a stream's position is ``(epoch, doc, offset)``: the next row starts at token ``offset`` of
+document ``doc`` of that epoch's shuffled order. The shuffle order is a function of the seed and the
+record count only, so a restore replays reading and shuffling (no tokenization) up to ``doc``. Rows are
+yielded by workers, so the process that consumes them learns positions from the rows themselves:
+with ``emit_state=True`` every row carries ``stream_state = [stream, n_streams, epoch, doc, offset]``
+(the position after that row), which the consumer passes to ``record``. Without it, positions are
+tracked where the iteration runs (fine for ``num_workers=0``).
+
+A ``DataLoader`` with ``W`` workers hands out batches from workers 0, 1, ..., W-1 in turn. A restored
+dataset rotates the worker-to-stream mapping so the stream after the last consumed one comes first,
+which makes the resumed batch sequence identical to the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from kiwi.data.packing import buffer_shuffle, pack_documents
+from kiwi.data.sources import DocumentSource, FileSource, Selection, SourceStats
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "stream_state"
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def as_source(source: Any) -> DocumentSource:
+    """Accept a ready source, or a file path / glob / list of them (read as ``FileSource``). In-memory
+    texts go through ``TextListSource`` explicitly, so a list of strings is never ambiguous."""
+    if isinstance(source, DocumentSource):
+        return source
+    if isinstance(source, str) or hasattr(source, "__fspath__"):
+        return FileSource(str(source))
+    if isinstance(source, list | tuple) and all(isinstance(s, str) or hasattr(s, "__fspath__") for s in source):
+        return FileSource([str(s) for s in source])
+    raise TypeError(f"PackedDataset: cannot read documents from a {type(source).__name__}")
+
+
+class PackedDataset(IterableDataset):
+    """Packed rows of ``seq_len`` tokens: dicts of 1-D LongTensors ``input_ids``, ``position_ids``, ``labels``
+    (conventions in ``kiwi.data.packing``).
+
+    Records with global index in ``[first_document, end_document)`` are used (the datamodule holds out
+    the first ``val_documents`` this way). ``repeat=True`` cycles epochs forever (reshuffled per epoch);
+    otherwise one iteration is one epoch, continuing from the current position.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        tokenizer: Any,
+        seq_len: int = 32768,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        first_document: int = 0,
+        end_document: int | None = None,
+        repeat: bool = False,
+        emit_state: bool = False,
+        tokenize_batch: int = 64,
+    ) -> None:
+        super().__init__()
+        dist_rank, dist_world = _dist_rank_world()
+        self.rank = dist_rank if rank is None else rank
+        self.world_size = dist_world if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"PackedDataset: rank {self.rank} is not in [0, world_size={self.world_size})")
+        if seq_len < 1:
+            raise ValueError(f"data.seq_len must be >= 1, got {seq_len}")
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None:
+            raise ValueError("PackedDataset: the tokenizer has no eos_token_id (needed to separate documents)")
+        self.source = as_source(source)
+        self.tokenizer = tokenizer
+        self.eos_id = int(eos)
+        self.seq_len = int(seq_len)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.first_document = int(first_document)
+        self.end_document = end_document
+        self.repeat = repeat
+        self.emit_state = emit_state
+        self.tokenize_batch = int(tokenize_batch)
+        self.stats = SourceStats()
+        # Resume state (see module docstring); positions are keyed by global stream id.
+        self.n_streams: int | None = None
+        self.positions: dict[int, tuple[int, int, int]] = {}
+        self.last_stream: dict[int, int] = {}
+
+    # ----------------------------------------------------------------------------------------- state
+
+    def record(self, stream_state: torch.Tensor) -> None:
+        """Note the position after rows that were actually consumed (``[B, 5]`` or ``[5]`` tags)."""
+        tags = stream_state.reshape(-1, 5).tolist()
+        for stream, n_streams, epoch, doc, offset in tags:
+            if self.n_streams not in (None, n_streams):
+                raise RuntimeError(f"PackedDataset.record: rows from {n_streams} streams, expected {self.n_streams}")
+            self.n_streams = n_streams
+            self.positions[stream] = (epoch, doc, offset)
+            self.last_stream[stream * self.world_size // n_streams] = stream
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "shuffle_buffer": self.shuffle_buffer,
+            "world_size": self.world_size,
+            "n_streams": self.n_streams,
+            "positions": {int(k): list(v) for k, v in self.positions.items()},
+            "last_stream": {int(k): int(v) for k, v in self.last_stream.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("seq_len", "seed", "shuffle_buffer", "world_size"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(
+                    f"data state: checkpoint has {key}={state.get(key)}, this run has {getattr(self, key)}; "
+                    "the stream cannot be resumed exactly (use the same data settings and world size)"
+                )
+        self.n_streams = state.get("n_streams")
+        self.positions = {int(k): tuple(v) for k, v in state.get("positions", {}).items()}
+        self.last_stream = {int(k): int(v) for k, v in state.get("last_stream", {}).items()}
+
+    # ------------------------------------------------------------------------------------- iteration
+
+    def _stream_of_this_worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        n_streams = self.world_size * workers
+        if self.n_streams is not None and self.n_streams != n_streams:
+            raise ValueError(
+                f"data state: saved with {self.n_streams} streams (world_size x num_workers), this run has "
+                f"{n_streams} ({self.world_size} x {workers}); use the same num_workers to resume"
+            )
+        last = self.last_stream.get(self.rank)
+        rotation = 0 if last is None else (last - self.rank * workers + 1) % workers
+        return self.rank * workers + (worker + rotation) % workers, n_streams
+
+    def _encode(self, texts: list[str]) -> list[np.ndarray]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            ids = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        else:
+            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        eos = [self.eos_id]
+        return [np.array(x + eos, dtype=np.int64) for x in ids]
+
+    def _documents(self, stream: int, n_streams: int, epoch: int) -> Iterator[str]:
+        selection = Selection(stream, n_streams, start=self.first_document, stop=self.end_document)
+        for _, text in self.source.records(selection, self.stats):
+            if text is None:
+                continue  # a bad record skipped under on_error=skip (already counted)
+            if not text.strip():
+                self.stats.add("empty_documents")
+                continue
+            yield text
+
+    def _tokenized(self, texts: Iterator[str]) -> Iterator[np.ndarray]:
+        while batch := list(itertools.islice(texts, self.tokenize_batch)):
+            yield from self._encode(batch)
+
+    def _epoch_rows(self, stream: int, n_streams: int, epoch: int, doc: int, offset: int):
+        rng = random.Random(f"kiwi-data:{self.seed}:{epoch}:{stream}")
+        texts = buffer_shuffle(self._documents(stream, n_streams, epoch), self.shuffle_buffer, rng)
+        texts = itertools.islice(texts, doc, None)  # replay: documents already packed are not tokenized
+        yield from pack_documents(self._tokenized(texts), self.seq_len, self.eos_id, doc=doc, offset=offset)
+
+    def _rows_with_positions(self, stream: int, n_streams: int, epoch: int, doc: int, offset: int):
+        """Rows of one epoch with the position after each; the last row points at the next epoch (one row
+        of lookahead), so a finished epoch is never replayed."""
+        pending = None
+        for row, next_doc, next_offset in self._epoch_rows(stream, n_streams, epoch, doc, offset):
+            if pending is not None:
+                yield pending
+            pending = (row, (epoch, next_doc, next_offset))
+        if pending is not None:
+            yield pending[0], (epoch + 1, 0, 0)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        stream, n_streams = self._stream_of_this_worker()
+        epoch, doc, offset = self.positions.get(stream, (0, 0, 0))
+        while True:
+            fresh, produced = doc == 0 and offset == 0, 0
+            for row, position in self._rows_with_positions(stream, n_streams, epoch, doc, offset):
+                produced += 1
+                sample = {k: torch.from_numpy(v) for k, v in row.items()}
+                if self.emit_state:
+                    sample[STATE_KEY] = torch.tensor([stream, n_streams, *position], dtype=torch.long)
+                else:
+                    self.n_streams = n_streams
+                    self.positions[stream] = position
+                yield sample
+            if self.stats.counts:
+                log.info("data stream %d/%d: skipped %s", stream, n_streams, dict(self.stats.counts))
+            epoch, doc, offset = epoch + 1, 0, 0
+            if not self.emit_state:
+                self.positions[stream] = (epoch, 0, 0)
+            if not self.repeat:
+                return
+            if fresh and produced == 0:
+                log.warning("data stream %d/%d has no documents; it yields nothing", stream, n_streams)
+                return
