@@ -79,7 +79,7 @@ def run(cfg: DictConfig) -> dict:
     budget = make_budget(cfg.budget.total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer.world_size,
                          cfg.trainer.get("accumulate_grad_batches", 1), cfg.budget.warmup_fraction,
                          cfg.trainer.get("max_steps"))
-    trainer.fit_loop.max_steps = budget.steps
+    trainer.fit_loop.epoch_loop.max_steps = budget.steps  # the budget is known only once world_size is
     module = KiwiLM(model_cfg=as_dict(cfg.model), optimizer=as_dict(cfg.optimizer),
                     scheduler=as_dict(cfg.get("scheduler")) or None, cache_dir=cfg.paths.cache_dir,
                     loss_chunk=cfg.module.loss_chunk, nonfinite_loss=cfg.module.nonfinite_loss,

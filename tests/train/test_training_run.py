@@ -1,0 +1,156 @@
+"""End-to-end training behaviour on CPU with the real pipeline (tiny offline model, offline corpus)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from tests.helpers import compose
+
+FAST = ["experiment=quickstart", "logger=csv", "data.seq_len=128", "data.batch_size=2", "data.val_documents=4",
+        "validate_before=false", "export_hf=false", "trainer.val_check_interval=1000"]
+
+
+def _cfg(tmp_path: Path, extra: list[str], callbacks: dict | None = None):
+    cfg = compose("train", FAST + extra, output_dir=tmp_path)
+    with open_dict(cfg):
+        for name, node in (callbacks or {}).items():
+            cfg.callbacks[name] = node
+    return cfg
+
+
+def _train_losses(out_dir: Path) -> dict[int, float]:
+    rows = list(csv.DictReader((out_dir / "csv" / "metrics.csv").open()))
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def test_exact_resume_after_sigterm(tmp_path, kiwi_cache):
+    """2N steps straight == N steps, SIGTERM (checkpoint), resume for N more: same losses."""
+    from kiwi.train.run import run
+
+    n = 3
+    straight = tmp_path / "straight"
+    run(_cfg(straight, [f"trainer.max_steps={2 * n}", "trainer.log_every_n_steps=1"]))
+    ref = _train_losses(straight)
+    assert len(ref) == 2 * n
+
+    part = tmp_path / "part"
+    result = run(_cfg(part, [f"trainer.max_steps={2 * n}", "trainer.log_every_n_steps=1"],
+                      {"kill": {"_target_": "tests.train.callbacks_for_tests.SignalAtStep", "step": n}}))
+    assert result["interrupted"] and result["steps"] == n
+    ckpt = part / "checkpoints" / "interrupted.ckpt"
+    assert ckpt.exists()
+
+    resumed = tmp_path / "resumed"
+    run(_cfg(resumed, [f"trainer.max_steps={2 * n}", "trainer.log_every_n_steps=1", f"ckpt_path={ckpt}"]))
+    got = {**_train_losses(part), **_train_losses(resumed)}
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], abs=1e-6), f"step {step}"
+
+
+def test_nonfinite_loss_stops_without_a_poisoned_checkpoint(tmp_path, kiwi_cache):
+    from kiwi.train.module import NonFiniteLossError
+    from kiwi.train.run import run
+
+    cfg = _cfg(tmp_path, ["trainer.max_steps=6", "callbacks.model_checkpoint.every_n_train_steps=1"],
+               {"poison": {"_target_": "tests.train.callbacks_for_tests.PoisonLossAtStep", "step": 3}})
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
+        run(cfg)
+    ckpts = sorted((tmp_path / "checkpoints").glob("step*.ckpt"))
+    assert ckpts, "the healthy steps before the bad one were checkpointed"
+    for path in ckpts:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        assert state["global_step"] <= 3
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_nonfinite_loss_skip_mode_skips_the_step(tmp_path, kiwi_cache):
+    from kiwi.train.run import run
+
+    cfg = _cfg(tmp_path, ["trainer.max_steps=5", "module.nonfinite_loss=skip", "trainer.log_every_n_steps=1"],
+               {"poison": {"_target_": "tests.train.callbacks_for_tests.PoisonLossAtStep", "step": 2}})
+    result = run(cfg)
+    assert result["steps"] == 5  # the skipped batch did not count as an optimizer step
+    losses = _train_losses(tmp_path)
+    assert all(v == v for v in losses.values())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, kiwi_cache, monkeypatch):
+    """A crash while writing a checkpoint leaves the previous one intact and loadable."""
+    from kiwi.train.run import run
+
+    run(_cfg(tmp_path, ["trainer.max_steps=2", "callbacks.model_checkpoint.every_n_train_steps=1"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = torch.load(last, map_location="cpu", weights_only=False)
+
+    import lightning.fabric.utilities.cloud_io as cloud_io
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(cloud_io.torch, "save", crash)
+    with pytest.raises(OSError, match="simulated"):
+        cloud_io._atomic_save({"x": 1}, last)  # the path Lightning's checkpoint IO writes through
+    monkeypatch.undo()
+
+    # a crash half-way through writing the file itself
+    from fsspec.implementations.local import LocalFileOpener
+
+    real_write = LocalFileOpener.write
+
+    def half_write(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise OSError("killed mid-write (simulated)")
+
+    monkeypatch.setattr(LocalFileOpener, "write", half_write)
+    with pytest.raises(OSError, match="mid-write"):
+        cloud_io._atomic_save({"x": torch.zeros(1000)}, last)
+    monkeypatch.undo()
+    after = torch.load(last, map_location="cpu", weights_only=False)
+    assert after["global_step"] == before["global_step"]
+    for k, v in before["state_dict"].items():
+        assert torch.equal(v, after["state_dict"][k])
+
+
+def test_export_round_trip(tmp_path, kiwi_cache):
+    """The exported HF directory loads in plain transformers and computes what the trained module did;
+    `python -m kiwi.train.export` gives the same model from the Lightning checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kiwi.train.checkpoint import load_training_checkpoint
+    from kiwi.train.export import main as export_main
+    from kiwi.train.run import run
+
+    result = run(_cfg(tmp_path, ["trainer.max_steps=2", "export_hf=true"]))
+    hf_dir = Path(result["hf_dir"])
+    model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    assert model.config.num_hidden_layers == 10
+    assert (hf_dir / "layer_plan.json").exists() and (hf_dir / "layer_plan.png").exists()
+    ids = torch.tensor([tok("Return the sum of the values along an axis.")["input_ids"]])
+
+    ckpt_model, _, plan = load_training_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert plan.n_target == 10
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, ckpt_model(ids).logits, atol=1e-5)
+
+    export_main([str(tmp_path / "checkpoints" / "last.ckpt"), str(tmp_path / "exported"), "--dtype", "float32"])
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_wandb_offline_run_files_written(tmp_path, kiwi_cache):
+    from kiwi.train.run import run
+
+    run(_cfg(tmp_path, ["trainer.max_steps=2", "logger=wandb"]))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert any(runs[0].glob("*.wandb"))
+    assert (tmp_path / "layer_plan.png").exists()
