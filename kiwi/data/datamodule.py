@@ -71,7 +71,7 @@ class PackedDataModule(L.LightningDataModule):
         self._pending_state: dict[str, Any] | None = None
 
     def _rank_world(self) -> tuple[int, int]:
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -1,0 +1,101 @@
+"""Bad input: clear errors naming the file and line/record, or skipped-and-counted with on_error=skip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kiwi.data import DataError, FileSource, PackedDataset, TextListSource
+from tests.data.data_helpers import doc_tokens
+
+
+def _rows(source, tokenizer):
+    return list(PackedDataset(source, tokenizer, seq_len=32))
+
+
+def _write(path, lines: list[bytes]):
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+GOOD = json.dumps({"text": "alpha beta"}).encode()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (json.dumps({"body": "x"}).encode(), "no field 'text'"),
+        (json.dumps({"text": 5}).encode(), "is a int, expected a string"),
+        (b'{"text": "unterminated', "invalid JSON"),
+        (b'{"text": "caf\xe9"}', "not valid UTF-8"),
+        (b"[1, 2]", "expected a JSON object"),
+    ],
+)
+def test_bad_jsonl_record_names_file_and_line(tmp_path, tokenizer, line, message):
+    path = _write(tmp_path / "bad.jsonl", [GOOD, b"", GOOD, line, GOOD])
+    with pytest.raises(DataError, match=message) as err:
+        _rows(FileSource(str(path)), tokenizer)
+    assert f"{path}:4:" in str(err.value)  # the blank line 2 still counts as a line
+
+    source = FileSource(str(path), on_error="skip")
+    ds = PackedDataset(source, tokenizer, seq_len=32)
+    rows = list(ds)
+    assert ds.stats.counts["bad_records"] == 1
+    real = int(sum((r["labels"] != -100).sum() + (r["position_ids"] == 0).sum() for r in rows))
+    assert real >= 3 * (len(doc_tokens(tokenizer, "alpha beta")))
+
+
+def test_empty_and_whitespace_documents_are_skipped_and_counted(tmp_path, tokenizer):
+    ds = PackedDataset(TextListSource(["alpha", "", "   \n\t", "beta"]), tokenizer, seq_len=64)
+    (row,) = list(ds)
+    assert ds.stats.counts["empty_documents"] == 2
+    expected = doc_tokens(tokenizer, "alpha") + doc_tokens(tokenizer, "beta")
+    assert tuple(row["input_ids"][: len(expected)].tolist()) == expected
+
+
+def test_missing_file_and_empty_glob_are_named(tmp_path):
+    with pytest.raises(DataError, match="file not found: .*missing.jsonl"):
+        FileSource(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match="matches no files"):
+        FileSource(str(tmp_path / "*.jsonl"))
+
+
+def test_unknown_suffix_asks_for_a_format(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_text("x")
+    with pytest.raises(DataError, match="data.bin.*data.source.format"):
+        FileSource(str(path))
+
+
+def test_txt_undecodable_line_is_named(tmp_path, tokenizer):
+    path = _write(tmp_path / "docs.txt", [b"first doc", b"second \xff doc", b"third doc"])
+    with pytest.raises(DataError, match=r"docs.txt:2: line is not valid UTF-8"):
+        _rows(FileSource(str(path)), tokenizer)
+
+
+def test_parquet_non_string_row_is_named(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": ["alpha", None, "beta"]}), path)
+    with pytest.raises(DataError, match=r"docs.parquet: row 1: column 'text' is a NoneType"):
+        _rows(FileSource(str(path)), tokenizer)
+    pq.write_table(pa.table({"body": ["alpha"]}), tmp_path / "nocol.parquet")
+    with pytest.raises(DataError, match=r"nocol.parquet: no column 'text'"):
+        _rows(FileSource(str(tmp_path / "nocol.parquet")), tokenizer)
+
+
+def test_json_array_record_is_named(tmp_path, tokenizer):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps([{"text": "alpha"}, {"text": ["not", "a", "string"]}]))
+    with pytest.raises(DataError, match=r"docs.json: record 1: field 'text' is a list"):
+        _rows(FileSource(str(path)), tokenizer)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="on_error"):
+        TextListSource(["a"], on_error="ignore")
+    with pytest.raises(ValueError, match="sample_by"):
+        FileSource(__file__, format="txt", sample_by="sentence")
