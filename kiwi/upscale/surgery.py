@@ -53,6 +53,12 @@ def upscaled_config(config: Any, plan: LayerPlan) -> Any:
     return new
 
 
+def _copy(src: torch.Tensor) -> torch.Tensor:
+    """empty_like + copy_ rather than clone: copy_ is multi-threaded, which matters on fresh pages."""
+    with torch.no_grad():
+        return torch.empty_like(src, memory_format=torch.contiguous_format).copy_(src.detach())
+
+
 def _zero_residual_branch(layer: nn.Module, index: int) -> None:
     for path in ("self_attn.o_proj", "mlp.down_proj"):
         try:
@@ -77,9 +83,8 @@ def upscale(model: nn.Module, plan: LayerPlan) -> nn.Module:
 
     src_tensors = dict(model.named_parameters(remove_duplicate=False))
     src_tensors.update(dict(model.named_buffers(remove_duplicate=False)))
-    clones: dict[
-        int, torch.Tensor
-    ] = {}  # non-layer tensors shared in the source stay shared (tied embeddings)
+    # Non-layer tensors shared in the source (tied embeddings) stay shared in the copy.
+    clones: dict[int, torch.Tensor] = {}
 
     def source_name(name: str) -> str:
         if not name.startswith(prefix):
@@ -92,10 +97,8 @@ def upscale(model: nn.Module, plan: LayerPlan) -> nn.Module:
         if src_name not in src_tensors:
             raise ValueError(f"upscale: target tensor {name} has no source tensor {src_name}")
         src = src_tensors[src_name]
-        if name.startswith(prefix):
-            data = src.detach().clone()
-        else:
-            data = clones.setdefault(id(src), src.detach().clone())
+        shared = not name.startswith(prefix) and id(src) in clones
+        data = clones[id(src)] if shared else _copy(src)
         module_name, _, leaf = name.rpartition(".")
         module = new.get_submodule(module_name)
         if is_param:
