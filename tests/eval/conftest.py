@@ -53,3 +53,13 @@ def make_tiny_qwen2(vocab_size: int, *, hidden: int = 32, layers: int = 2, max_p
 @pytest.fixture(scope="session")
 def tiny_lm(eval_tokenizer):
     return make_tiny_qwen2(len(eval_tokenizer))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tiny models here are latency-bound: one intra-op thread is as fast on an idle machine and
+    ~15x faster when other processes share the two cores (OpenMP threads then spin-wait)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
