@@ -43,6 +43,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        # fp32 logits even under autocast (which would also break the in-place fp32 accumulations).
+        with torch.autocast(hidden.device.type, enabled=False):
+            return _ChunkedLinearCrossEntropy._forward(ctx, hidden, weight, targets, chunk)
+
+    @staticmethod
+    def _forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
         needs_h, needs_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         w32 = weight.float()
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -130,11 +136,12 @@ def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int =
     the rows given, so callers pass just the positions they score."""
     out = torch.zeros(targets.shape[0], dtype=torch.float32, device=hidden.device)
     w32 = weight.float()
-    for start in range(0, hidden.shape[0], chunk):
-        t = targets[start : start + chunk]
-        logits = hidden[start : start + chunk].float() @ w32.T
-        lp = logits.gather(1, t.clamp_min(0)[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-        out[start : start + chunk] = lp * (t != IGNORE_INDEX)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, hidden.shape[0], chunk):
+            t = targets[start : start + chunk]
+            logits = hidden[start : start + chunk].float() @ w32.T
+            lp = logits.gather(1, t.clamp_min(0)[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+            out[start : start + chunk] = lp * (t != IGNORE_INDEX)
     return out
 
 

@@ -87,6 +87,21 @@ def test_nll_sum_without_grad_equals_with_grad_and_token_logprobs():
     torch.testing.assert_close(-token_logprobs(hidden, weight, targets, chunk=8).sum(), plain)
 
 
+def test_chunked_loss_under_autocast_keeps_fp32_logits():
+    torch.manual_seed(0)
+    hidden = torch.randn(20, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    targets = torch.randint(0, 40, (20,))
+    ref = chunked_nll_sum(hidden, weight, targets, chunk=8)
+    ref_grads = torch.autograd.grad(ref, (hidden, weight))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = chunked_nll_sum(hidden, weight, targets, chunk=8)
+    grads = torch.autograd.grad(ours, (hidden, weight))
+    torch.testing.assert_close(ours, ref)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)
+
+
 def test_all_ignored_targets_give_zero_loss_and_zero_grad():
     hidden = torch.randn(6, 8, requires_grad=True)
     weight = torch.randn(20, 8, requires_grad=True)
