@@ -63,3 +63,19 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def compose_eval(overrides: list[str], output_dir: Path):
+    """conf/eval.yaml composed as evaluate.py does (argv normalisation included), outputs in output_dir."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from kiwi.config import CONF_DIR, normalize_overrides
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("eval", overrides=normalize_overrides(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg

@@ -1,0 +1,121 @@
+"""evaluate.py end to end: config composition, model loading, every task, results on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+from .conftest import FIXTURES, compose_eval, make_tiny_qwen2
+
+TASK_FILES = {
+    "hellaswag": FIXTURES / "hellaswag.jsonl",
+    "arc_challenge": FIXTURES / "arc_challenge.jsonl",
+    "openbookqa": FIXTURES / "openbookqa.jsonl",
+    "wikitext": FIXTURES / "wikitext.jsonl",
+}
+
+
+def _task_overrides(files=TASK_FILES) -> list[str]:
+    return [f"tasks.{name}.data_files={path}" for name, path in files.items()]
+
+
+@pytest.fixture(scope="module")
+def two_hf_models(tmp_path_factory, eval_tokenizer):
+    """Two saved HF model directories (different random weights, same tokenizer)."""
+    out = tmp_path_factory.mktemp("hf-models")
+    dirs = []
+    for seed in (0, 1):
+        d = out / f"model-seed{seed}"
+        make_tiny_qwen2(len(eval_tokenizer), seed=seed).save_pretrained(d)
+        eval_tokenizer.save_pretrained(d)
+        dirs.append(d)
+    return dirs
+
+
+def test_run_checkpoints_writes_results_tables_chart_and_samples(tmp_path, kiwi_cache, two_hf_models):
+    from kiwi.eval.run import run
+
+    a, b = two_hf_models
+    cfg = compose_eval([
+        "model=tiny", "compare_base=false", "evaluate_model=false", "logger=csv",
+        f"checkpoints=[{a},{{name: seed1, path: '{b}'}}]",
+        "run_tasks=[hellaswag,arc_challenge,openbookqa,wikitext]", "log_samples=true", "progress=false",
+        "max_length=64", *_task_overrides(),
+    ], tmp_path / "out")
+    results = run(cfg)
+    out = tmp_path / "out"
+    assert list(results) == ["model-seed0", "seed1"]
+    saved = json.loads((out / "results.json").read_text())["results"]
+    for model in ("model-seed0", "seed1"):
+        for task in ("hellaswag", "arc_challenge", "openbookqa"):
+            m = saved[model][task]
+            assert 0.0 <= m["acc"] <= 1.0 and 0.0 <= m["acc_norm"] <= 1.0 and m["n"] == 3
+            assert m["ppl_gold"] > 1 and m["ppl_text"] > 1 and m["ppl_gold_mean"] > 1
+        assert saved[model]["wikitext"]["word_perplexity"] > saved[model]["wikitext"]["byte_perplexity"] > 1
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["model"] for r in rows] == ["model-seed0", "seed1"]
+    assert float(rows[0]["hellaswag/acc_delta"]) == 0.0
+    delta = float(rows[1]["wikitext/word_perplexity_delta"])
+    assert delta == pytest.approx(saved["seed1"]["wikitext"]["word_perplexity"]
+                                  - saved["model-seed0"]["wikitext"]["word_perplexity"])
+    md = (out / "results.md").read_text()
+    assert "| seed1 |" in md and "hellaswag acc_norm" in md
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    samples = [json.loads(x) for x in (out / "samples" / "seed1__arc_challenge.jsonl").read_text().splitlines()]
+    assert [s["gold"] for s in samples] == [1, 2, 0] and len(samples[1]["loglikelihoods"]) == 5
+    wiki = [json.loads(x) for x in (out / "samples" / "seed1__wikitext.jsonl").read_text().splitlines()]
+    assert wiki[1]["words"] == 23 and wiki[1]["tokens"] > 0
+    assert list((out / "csv").rglob("metrics.csv"))  # the CSV logger got the flat metrics
+
+
+def test_bad_configs_fail_clearly(tmp_path, kiwi_cache, two_hf_models):
+    from kiwi.eval.run import run
+
+    base = ["model=tiny", "compare_base=false", "evaluate_model=false", "progress=false", *_task_overrides()]
+    cases = [
+        (["run_tasks=[]", f"checkpoints=[{two_hf_models[0]}]"], "run_tasks is empty"),
+        (["run_tasks=[mmlu]", f"checkpoints=[{two_hf_models[0]}]"], "unknown task 'mmlu'"),
+        (["run_tasks=[hellaswag]"], "nothing to evaluate"),
+        (["run_tasks=[hellaswag]", f"checkpoints=[{tmp_path}/missing-model]"], "model 'missing-model'"),
+        (["run_tasks=[arc_challenge]", f"checkpoints=[{two_hf_models[0]}]",
+          f"tasks.arc_challenge.data_files={tmp_path}/none.jsonl"], "task 'arc_challenge': data file"),
+    ]
+    for overrides, message in cases:
+        cfg = compose_eval(base + overrides, tmp_path / "out")
+        with pytest.raises((ValueError, RuntimeError), match=message):
+            run(cfg)
+
+
+@pytest.mark.slow
+def test_evaluate_py_base_vs_two_strategies_with_heldout(tmp_path, kiwi_cache):
+    """The real entry point on the offline tiny base: base, interleave and solar at step 0, every task."""
+    from tests.helpers import SHARED
+
+    files = dict(TASK_FILES)
+    bench = SHARED / "data" / "benchmarks"
+    if bench.exists():  # the real rows when the development data is present
+        files.update({n: bench / f"{n}_{s}_sample.jsonl" for n, s in
+                      (("hellaswag", "validation"), ("arc_challenge", "test"), ("openbookqa", "test"))})
+    out = tmp_path / "run"
+    cmd = [sys.executable, "evaluate.py", "model=tiny", "model.layer_selection=interleave", "strategies=[solar]",
+           "data=corpus", "data.val_documents=4", "data.seq_len=256", "data.num_workers=0", "limit=8",
+           "max_length=128", "progress=false", f"hydra.run.dir={out}", *_task_overrides(files)]
+    env = {**os.environ, "KIWI_CACHE": str(kiwi_cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((out / "results.json").read_text())["results"]
+    assert list(saved) == ["base", "interleave@step0", "solar@step0"]
+    for model in saved.values():
+        assert set(model) == {"hellaswag", "arc_challenge", "openbookqa", "wikitext", "heldout"}
+        assert model["hellaswag"]["n"] == 8 if bench.exists() else 3
+        assert model["heldout"]["ppl"] > 1 and model["heldout"]["tokens"] > 0
+    assert (out / "results.md").exists() and (out / "results.csv").exists() and (out / "results.png").exists()
+    assert "solar@step0" in proc.stdout
