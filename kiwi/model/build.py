@@ -30,6 +30,7 @@ class BuiltModel:
     plan: Any               # kiwi.upscale.LayerPlan
     base_path: str
     base_config: Any        # the base model's HF config (before upscaling)
+    importance: Any = None  # kiwi.upscale.importance.LayerMeasurement when the plan was measured
 
 
 def as_dict(cfg: Mapping | DictConfig | None) -> dict:
@@ -103,6 +104,7 @@ def plan_for(model_cfg: Mapping, base_config, scores=None):
     from kiwi.upscale import plan_from_config
 
     ls = as_dict(model_cfg.get("layer_selection")) or {"strategy": "none"}
+    ls.pop("calibration", None)  # how build_model measures importance scores, not a plan option
     return plan_from_config(ls, base_config.num_hidden_layers, scores=scores, model_config=base_config)
 
 
@@ -156,24 +158,27 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
         base, revision=model_cfg.get("revision"), dtype=torch_dtype(model_cfg.get("dtype", "float32")),
         attn_implementation=attn,
     )
+    measurement = None
     if plan is None:
-        plan = score_and_plan(model, tokenizer, model_cfg, base_config, cache_dir, calibration_texts)
+        plan, measurement = score_and_plan(model, tokenizer, model_cfg, base_config, cache_dir, calibration_texts)
     log.info("Layer plan (%s, %d -> %d layers):\n%s", plan.strategy, plan.n_source, plan.n_target, plan.table())
     upscaled = upscale(model, plan)
     del model
-    apply_trainable(upscaled, plan, (as_dict(model_cfg.get("layer_selection")) or {}).get("trainable", "all"))
-    return BuiltModel(upscaled, tokenizer, plan, base, base_config)
+    apply_trainable(upscaled, plan)
+    return BuiltModel(upscaled, tokenizer, plan, base, base_config, measurement)
 
 
 def score_and_plan(model, tokenizer, model_cfg, base_config, cache_dir, calibration_texts):
-    from kiwi.upscale.importance import layer_scores
+    """Measure per-layer importance on calibration text, then plan from the scores."""
+    from kiwi.upscale.importance import measure_layers
 
     ls = as_dict(model_cfg.get("layer_selection"))
     cal = ls.get("calibration", {}) or {}
     texts = calibration_texts if calibration_texts is not None else default_calibration_texts(cache_dir)
     batches = calibration_batches(tokenizer, texts, int(cal.get("documents", 16)), int(cal.get("seq_len", 512)))
-    scores = layer_scores(model, batches, metric=ls.get("metric", "block_influence"))
-    return plan_for(model_cfg, base_config, scores=scores)
+    measurement = measure_layers(model, batches)
+    scores = measurement.scores(ls.get("metric", "block_influence"))
+    return plan_for(model_cfg, base_config, scores=scores), measurement
 
 
 def resolve_attn(name: str, device_type: str) -> str:

@@ -27,8 +27,19 @@ def log_images(trainer: L.Trainer, images: dict[str, str | Path]) -> None:
             logger.experiment.log({k: wandb.Image(str(v)) for k, v in images.items()})
 
 
+def segment_lengths(position_ids: torch.Tensor) -> list[int]:
+    """Lengths of the attention segments of a packed batch, as transformers derives them: a segment
+    starts at every row start and wherever ``position_ids`` does not increase by exactly 1."""
+    pos = position_ids.detach().to("cpu", torch.long)
+    starts = torch.ones_like(pos, dtype=torch.bool)
+    starts[:, 1:] = pos[:, 1:] - pos[:, :-1] != 1
+    idx = torch.nonzero(starts.flatten()).flatten().tolist() + [pos.numel()]
+    return [b - a for a, b in zip(idx[:-1], idx[1:], strict=True)]
+
+
 class ThroughputMonitor(L.Callback):
-    """Tokens/s, MFU and peak memory per optimizer step (tokens counted across all ranks)."""
+    """Tokens/s, MFU (kiwi.train.flops: matmuls incl. lm_head + document-masked attention of the actual
+    batch) and peak memory per optimizer step; tokens are counted across all ranks."""
 
     def __init__(self, peak_flops: float | None = None, window: int = 10):
         self.peak_flops = peak_flops
@@ -36,36 +47,40 @@ class ThroughputMonitor(L.Callback):
         self.tokens_seen = 0
         self._times: list[float] = []
         self._tokens: list[int] = []
+        self._flops: list[float] = []
         self._t0: float | None = None
-        self.flops_per_token: float | None = None
 
     def on_train_start(self, trainer, pl_module):
-        from kiwi.train.flops import peak_flops_for_device, train_flops_per_token
+        from kiwi.train.flops import peak_flops
 
-        seq_len = getattr(trainer.datamodule, "seq_len", None) if trainer.datamodule is not None else None
-        self.flops_per_token = train_flops_per_token(pl_module.model.config, seq_len=seq_len)
-        if self.peak_flops is None:
-            self.peak_flops = peak_flops_for_device(pl_module.device)
-        self.tokens_seen = int(trainer.callback_metrics.get("trainer/tokens_seen", 0) or 0)
+        if self.peak_flops is None and pl_module.device.type == "cuda":
+            self.peak_flops = peak_flops(torch.cuda.get_device_name(pl_module.device))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._t0 is None:
             self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from kiwi.train.flops import flops_per_token
+
         n = int(batch["input_ids"].numel()) * trainer.world_size
         self.tokens_seen += n
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         now = time.perf_counter()
-        self._times.append(now - self._t0)
+        self._times.append(now - (self._t0 if self._t0 is not None else now))
         self._tokens.append(n)
         self._t0 = now
-        self._times, self._tokens = self._times[-self.window:], self._tokens[-self.window:]
-        tps = sum(self._tokens) / max(sum(self._times), 1e-9)
-        metrics = {"trainer/tokens_seen": float(self.tokens_seen), "perf/tokens_per_s": tps}
-        if self.flops_per_token and self.peak_flops:
-            metrics["perf/mfu"] = tps * self.flops_per_token / (self.peak_flops * trainer.world_size)
+        fpt = flops_per_token(pl_module.model.config, segment_lengths(batch["position_ids"]))
+        self._flops.append(fpt * n)
+        w = self.window
+        self._times, self._tokens, self._flops = self._times[-w:], self._tokens[-w:], self._flops[-w:]
+        elapsed = max(sum(self._times), 1e-9)
+        tps = sum(self._tokens) / elapsed
+        metrics = {"trainer/tokens_seen": float(self.tokens_seen), "perf/tokens_per_s": tps,
+                   "perf/model_tflops_per_s": sum(self._flops) / elapsed / 1e12}
+        if self.peak_flops:
+            metrics["perf/mfu"] = sum(self._flops) / elapsed / (self.peak_flops * trainer.world_size)
         if pl_module.device.type == "cuda":
             metrics["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
@@ -144,7 +159,16 @@ class LogLayerPlan(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         from kiwi.train.export import write_plan_files
 
-        files = write_plan_files(pl_module.plan, self.out_dir, base_model=str(
+        plan = pl_module.plan
+        files = write_plan_files(plan, self.out_dir, base_model=str(
             pl_module.hparams.model_cfg.get("base") or "tiny-base"))
-        if "plot" in files:
-            log_images(trainer, {"layer_plan": files["plot"]})
+        images = {"layer_plan": files["plot"]}
+        measured = getattr(pl_module, "importance", None)
+        if measured is not None:
+            from kiwi.upscale import duplicated_sources, plot_importance
+
+            metric = plan.options.get("metric", "block_influence")
+            images["layer_importance"] = plot_importance(
+                measured.scores(metric), self.out_dir / "layer_importance.png",
+                similarity=measured.similarity_cosine, chosen=duplicated_sources(plan), metric=metric)
+        log_images(trainer, images)

@@ -42,8 +42,10 @@ class KiwiLM(L.LightningModule):
         self.model = built.model
         self.tokenizer = built.tokenizer
         self.plan = built.plan
+        self.importance = built.importance
         self.hparams["plan"] = built.plan.to_dict()
         self.skipped_steps = 0
+        self.last_val: tuple[int, float] | None = None  # (global step, mean held-out loss)
 
     def configure_model(self) -> None:
         from kiwi.model.checkpointing import apply_activation_checkpointing
@@ -92,6 +94,8 @@ class KiwiLM(L.LightningModule):
         if tokens.item() == 0:
             return
         mean = nll / tokens
+        if not self.trainer.sanity_checking:
+            self.last_val = (self.global_step, float(mean))
         # Token-pooled over the whole held-out set: the same definition as evaluate.py's `heldout` task.
         self.log("val/loss", mean.float(), sync_dist=False, prog_bar=True)
         self.log("val/ppl", torch.exp(mean).float(), sync_dist=False, prog_bar=True)
