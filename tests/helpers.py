@@ -23,11 +23,15 @@ def compose(config_name: str, overrides: list[str], output_dir: Path | None = No
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = hydra_compose(config_name, overrides=normalize_overrides(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
+    from omegaconf import OmegaConf
+
+    OmegaConf.set_readonly(cfg.hydra, False)
     with open_dict(cfg):
         if output_dir is not None:
             cfg.paths.output_dir = str(output_dir)
             cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
         del cfg["hydra"]
     return cfg
 

@@ -46,7 +46,8 @@ def _tiny_base_config(n_layers: int = 24):
 def test_every_config_composes_and_resolves(group, option, tmp_path, kiwi_cache):
     if primary_for(group) == "eval" and not (CONF_DIR / "eval.yaml").exists():
         pytest.skip("conf/eval.yaml not present")
-    cfg = compose(primary_for(group), [f"{group}={option}"], output_dir=tmp_path)
+    override = f"{group}@tasks.{option}={option}" if group == "eval/task" else f"{group}={option}"
+    cfg = compose(primary_for(group), [override], output_dir=tmp_path)
     container = OmegaConf.to_container(cfg, resolve=True)
     assert container, f"{group}={option} composed to an empty config"
 
@@ -146,7 +147,7 @@ def test_submitit_launcher_config_composes(tmp_path, kiwi_cache):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = hydra_compose("train", overrides=["hydra/launcher=submitit_slurm"], return_hydra_config=True)
+        cfg = hydra_compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert "submitit" in cfg.hydra.launcher._target_.lower()
 
 
