@@ -154,6 +154,15 @@ def timed(fn, steps: int, device) -> tuple[float, float | None]:
     return secs, peak
 
 
+def precision_label(variant: Variant, dtype: torch.dtype) -> str:
+    if variant.kiwi and variant.precision == "autocast":
+        return "fp32 weights, bf16 autocast"
+    weights = f"{str(dtype).removeprefix('torch.')} weights"
+    if variant.kiwi and dtype != torch.float32:
+        return weights + ", fp32 master AdamW"
+    return weights
+
+
 def measure(variant, args, size, device, dtype, batch) -> list[dict]:
     model, opt, attn = build(variant, size["model"], device, dtype, args.seed)
 
@@ -175,8 +184,7 @@ def measure(variant, args, size, device, dtype, batch) -> list[dict]:
     base = dict(variant=variant.name, attn=attn + ("" if variant.kiwi else " causal"), loss=loss_impl,
                 ckpt=("hf full" if not variant.kiwi else variant.ckpt
                       + (f"/{variant.every}" if variant.ckpt == "every_k" else "")),
-                precision=(variant.precision if variant.kiwi else f"{str(dtype).removeprefix('torch.')} weights")
-                + (" +compile" if variant.compile else ""))
+                precision=precision_label(variant, dtype) + (" +compile" if variant.compile else ""))
     return [dict(base, mode="fwd+bwd", secs=fb_s, peak=fb_peak), dict(base, mode="step", secs=st_s, peak=st_peak)]
 
 
@@ -220,7 +228,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                    help=f"comma-separated, from {sorted(VARIANTS)}")
+                    help=f"comma-separated, from {sorted(VARIANTS)}; a '_compiled' suffix compiles the layers")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 3 full, 2 tiny)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also run each kiwi variant with compiled layers")
@@ -238,10 +246,11 @@ def main(argv=None) -> int:
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     args.steps = args.steps or (3 if args.size == "full" else 2)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if n.removesuffix("_compiled") not in VARIANTS]
     if unknown:
-        ap.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
-    variants = [VARIANTS[n] for n in names]
+        ap.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)} (optionally + '_compiled')")
+    variants = [VARIANTS[n] if n in VARIANTS else
+                dataclasses.replace(VARIANTS[n.removesuffix("_compiled")], name=n, compile=True) for n in names]
     if args.compile:
         variants += [dataclasses.replace(v, name=v.name + "_compiled", compile=True) for v in variants if v.kiwi]
 
