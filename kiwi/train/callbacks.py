@@ -27,16 +27,6 @@ def log_images(trainer: L.Trainer, images: dict[str, str | Path]) -> None:
             logger.experiment.log({k: wandb.Image(str(v)) for k, v in images.items()})
 
 
-def segment_lengths(position_ids: torch.Tensor) -> list[int]:
-    """Lengths of the attention segments of a packed batch, as transformers derives them: a segment
-    starts at every row start and wherever ``position_ids`` does not increase by exactly 1."""
-    pos = position_ids.detach().to("cpu", torch.long)
-    starts = torch.ones_like(pos, dtype=torch.bool)
-    starts[:, 1:] = pos[:, 1:] - pos[:, :-1] != 1
-    idx = torch.nonzero(starts.flatten()).flatten().tolist() + [pos.numel()]
-    return [b - a for a, b in zip(idx[:-1], idx[1:], strict=True)]
-
-
 class ThroughputMonitor(L.Callback):
     """Tokens/s, MFU (kiwi.train.flops: matmuls incl. lm_head + document-masked attention of the actual
     batch) and peak memory per optimizer step; tokens are counted across all ranks."""
@@ -61,6 +51,7 @@ class ThroughputMonitor(L.Callback):
             self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from kiwi.model.attention import document_lengths
         from kiwi.train.flops import flops_per_token
 
         n = int(batch["input_ids"].numel()) * trainer.world_size
@@ -71,7 +62,8 @@ class ThroughputMonitor(L.Callback):
         self._times.append(now - (self._t0 if self._t0 is not None else now))
         self._tokens.append(n)
         self._t0 = now
-        fpt = flops_per_token(pl_module.model.config, segment_lengths(batch["position_ids"]))
+        lengths = [n for row in document_lengths(batch["position_ids"]) for n in row]
+        fpt = flops_per_token(pl_module.model.config, lengths)
         self._flops.append(fpt * n)
         w = self.window
         self._times, self._tokens, self._flops = self._times[-w:], self._tokens[-w:], self._flops[-w:]
