@@ -22,6 +22,13 @@ from tqdm.auto import tqdm
 from kiwi.model.loss import token_logprobs
 
 TREE_MASK_ATTENTION = ("sdpa", "eager")
+# fp32 logits elements per lm_head chunk (128 MiB): at Qwen's 151,936-token vocabulary a 4096-position
+# chunk would allocate 2.5 GB per step, and page faults then cost more than the matmul.
+LOGITS_PER_CHUNK = 1 << 25
+
+
+def auto_chunk(weight: torch.Tensor, chunk: int | None) -> int:
+    return int(chunk) if chunk else max(16, LOGITS_PER_CHUNK // weight.shape[0])
 
 
 @dataclass
@@ -29,13 +36,14 @@ class ChoiceScores:
     """Per-choice sums of log-probabilities for one question.
 
     ``prefix_logprob[i]`` / ``prefix_tokens[i]`` score the context tokens that choice ``i`` was conditioned
-    on (every context token but the first, which has nothing to condition on); they feed ``ppl_text``.
+    on (every context token but the first, which has nothing to condition on); they feed ``ppl_text`` and
+    are None when the context was not scored (``score_context=False``).
     """
 
     logprobs: list[float]
     n_tokens: list[int]
-    prefix_logprob: list[float]
-    prefix_tokens: list[int]
+    prefix_logprob: list[float] | None
+    prefix_tokens: list[int] | None
 
 
 @dataclass
@@ -120,16 +128,26 @@ def score_choices(
     *,
     max_length: int,
     token_budget: int = 8192,
-    chunk: int = 4096,
+    chunk: int | None = None,
+    score_context: bool = True,
     desc: str | None = None,
 ) -> list[ChoiceScores]:
-    """``requests[q] = (context tokens, [continuation tokens per choice])`` (from ``encode_pair``)."""
+    """``requests[q] = (context tokens, [continuation tokens per choice])`` (from ``encode_pair``).
+
+    ``score_context`` also scores the context tokens (for ``ppl_text``): the lm_head then runs at every
+    context position too, which costs ~1.5x on a large vocabulary."""
     check_attention(model)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     weight = model.lm_head.weight
+    chunk = auto_chunk(weight, chunk)
     out = [
-        ChoiceScores([0.0] * len(conts), [len(c) for c in conts], [0.0] * len(conts), [0] * len(conts))
+        ChoiceScores(
+            [0.0] * len(conts),
+            [len(c) for c in conts],
+            [0.0] * len(conts) if score_context else None,
+            [0] * len(conts) if score_context else None,
+        )
         for _, conts in requests
     ]
     trees = [t for q, (ctx, conts) in enumerate(requests) for t in build_trees(q, ctx, conts, max_length)]
@@ -145,7 +163,7 @@ def score_choices(
             ids[b, :p] = torch.tensor(tree.prefix)
             pos[b, :p] = torch.arange(p)
             seg[b, :p] = 0
-            for k in range(p - 1):  # prefix tokens 1.. predicted from the one before
+            for k in range(p - 1 if score_context else 0):  # prefix tokens 1.. from the one before
                 rows.append(b)
                 cols.append(k)
                 targets.append(tree.prefix[k + 1])
@@ -186,5 +204,6 @@ def _accumulate(batch: list[_Tree], slots, logprobs: list[float], out: list[Choi
         scores = out[tree.question]
         for choice, _ in tree.branches:
             scores.logprobs[choice] = choice_sum[(b, choice)]
-            scores.prefix_logprob[choice] = prefix_sum[b]
-            scores.prefix_tokens[choice] = len(tree.prefix) - 1
+            if scores.prefix_tokens is not None:
+                scores.prefix_logprob[choice] = prefix_sum[b]
+                scores.prefix_tokens[choice] = len(tree.prefix) - 1

@@ -50,6 +50,7 @@ def choice_metrics(docs: Sequence[ChoiceDoc], scores: Sequence[ChoiceScores]) ->
         raise ValueError(f"need one score per document, got {len(docs)} docs and {len(scores)} scores")
     acc, acc_norm, per_example_ppl = [], [], []
     gold_lp = gold_tok = text_lp = text_tok = 0.0
+    with_text = all(s.prefix_tokens is not None for s in scores)
     for doc, s in zip(docs, scores, strict=True):
         pred, pred_norm = choice_predictions(doc, s)
         acc.append(float(pred == doc.gold))
@@ -57,19 +58,21 @@ def choice_metrics(docs: Sequence[ChoiceDoc], scores: Sequence[ChoiceScores]) ->
         g_lp, g_n = s.logprobs[doc.gold], s.n_tokens[doc.gold]
         gold_lp += g_lp
         gold_tok += g_n
-        text_lp += g_lp + s.prefix_logprob[doc.gold]
-        text_tok += g_n + s.prefix_tokens[doc.gold]
+        if with_text:
+            text_lp += g_lp + s.prefix_logprob[doc.gold]
+            text_tok += g_n + s.prefix_tokens[doc.gold]
         per_example_ppl.append(math.exp(-g_lp / g_n))
-    return {
+    metrics = {
         "acc": float(np.mean(acc)),
         "acc_stderr": sample_stderr(acc),
         "acc_norm": float(np.mean(acc_norm)),
         "acc_norm_stderr": sample_stderr(acc_norm),
         "ppl_gold": math.exp(-gold_lp / gold_tok),
-        "ppl_text": math.exp(-text_lp / text_tok),
+        "ppl_text": math.exp(-text_lp / text_tok) if with_text else None,
         "ppl_gold_mean": float(np.mean(per_example_ppl)),
         "n": len(docs),
     }
+    return {k: v for k, v in metrics.items() if v is not None}
 
 
 def choice_records(docs: Sequence[ChoiceDoc], scores: Sequence[ChoiceScores]) -> list[dict]:

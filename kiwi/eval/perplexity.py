@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from kiwi.eval.choice_scoring import auto_chunk
 from kiwi.eval.encoding import encode, rolling_windows
 from kiwi.eval.tasks import TextDoc
 from kiwi.model.loss import lm_nll, token_logprobs
@@ -22,7 +23,7 @@ def score_documents(
     prefix_token: int,
     max_length: int,
     token_budget: int = 8192,
-    chunk: int = 4096,
+    chunk: int | None = None,
     desc: str | None = None,
 ) -> tuple[list[float], list[int]]:
     """(log-likelihood, token count) per document, each token scored once by its window.
@@ -32,6 +33,7 @@ def score_documents(
     """
     device = next(model.parameters()).device
     weight = model.lm_head.weight
+    chunk = auto_chunk(weight, chunk)
     windows: list[tuple[int, list[int], list[int]]] = []  # (doc, model input, targets)
     n_tokens = []
     for d, doc in enumerate(docs):
@@ -69,11 +71,12 @@ def score_documents(
 
 @torch.no_grad()
 def heldout_nll(
-    model, batches: Iterable[Mapping[str, torch.Tensor]], chunk: int = 4096, desc: str | None = None
+    model, batches: Iterable[Mapping[str, torch.Tensor]], chunk: int | None = None, desc: str | None = None
 ) -> tuple[float, int]:
     """(sum of token NLLs, number of scored tokens) over packed batches from the data pipeline; the
     perplexity is ``exp(nll / tokens)``, exactly the training run's validation perplexity."""
     device = next(model.parameters()).device
+    chunk = auto_chunk(model.lm_head.weight, chunk)
     nll_sum, n_tok = 0.0, 0
     for batch in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False):
         for key in ("input_ids", "labels"):

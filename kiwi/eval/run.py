@@ -162,7 +162,8 @@ def evaluate_choice_task(model, tokenizer, docs: list[ChoiceDoc], cfg, desc) -> 
         requests.append((pairs[0][0], [cont for _, cont in pairs]))
     max_length = model_max_length(model.config, tokenizer, cfg.get("max_length"))
     scores = score_choices(
-        model, requests, max_length=max_length, token_budget=cfg.token_budget, chunk=cfg.chunk, desc=desc
+        model, requests, max_length=max_length, token_budget=cfg.token_budget, chunk=cfg.chunk,
+        score_context=bool(cfg.get("ppl_text", True)), desc=desc,
     )
     return choice_metrics(docs, scores), choice_records(docs, scores)
 

@@ -139,3 +139,15 @@ def test_shared_benchmark_samples(tiny_lm, eval_tokenizer):
         ref_lls, _, _ = _reference_metrics(tiny_lm, eval_tokenizer, docs[:n], 512)
         for s, ref in zip(scores, ref_lls, strict=True):
             np.testing.assert_allclose(s.logprobs, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_without_context_scoring_ppl_text_is_absent(tiny_lm, eval_tokenizer):
+    docs = _all_fixture_docs()[:3]
+    reqs = _requests(eval_tokenizer, docs)
+    full = score_choices(tiny_lm, reqs, max_length=512)
+    lean = score_choices(tiny_lm, reqs, max_length=512, score_context=False)
+    for a, b in zip(full, lean, strict=True):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-6, atol=1e-5)
+        assert b.prefix_tokens is None
+    m = choice_metrics(docs, lean)
+    assert "ppl_text" not in m and m["acc"] == choice_metrics(docs, full)["acc"]
