@@ -110,7 +110,11 @@ class KiwiLM(L.LightningModule):
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
         opt_cfg = dict(as_dict(self.hparams.optimizer))
         if opt_cfg.get("fused", "absent") is None:
-            opt_cfg["fused"] = self.device.type == "cuda"
+            # Lightning's mixed-precision plugin refuses to clip gradients for an optimizer that unscales
+            # internally (torch's fused AdamW); the multi-tensor path is used then instead.
+            trainer = self._trainer
+            clips = bool(trainer and trainer.gradient_clip_val) and "mixed" in str(trainer.precision)
+            opt_cfg["fused"] = self.device.type == "cuda" and not clips
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = instantiate(opt_cfg)(groups)
         if not self.hparams.scheduler:
