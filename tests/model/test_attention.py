@@ -102,11 +102,13 @@ def test_flex_packed_documents_match_alone_on_cuda(dtype, tol):
     mask = build_packed_mask(model, packed_position_ids(docs, device="cuda"))
     assert isinstance(mask, BlockMask)
     packed, alone = _packed_vs_alone(model, docs, device="cuda")
-    # Reference: each document alone through sdpa in fp32.
-    ref_model = tiny_qwen2("sdpa", dtype=torch.float32).cuda()
-    _, ref = _packed_vs_alone(ref_model, docs, device="cuda")
     torch.testing.assert_close(packed, alone, atol=tol, rtol=tol)
-    torch.testing.assert_close(packed, ref, atol=tol * 4, rtol=tol * 4)
+    if dtype == torch.float32:
+        # Reference: each document alone through sdpa. Only in fp32: a bf16-weight model differs from an
+        # fp32 one by weight rounding alone (up to ~1 logit on an H100), which says nothing about masking.
+        ref_model = tiny_qwen2("sdpa", dtype=torch.float32).cuda()
+        _, ref = _packed_vs_alone(ref_model, docs, device="cuda")
+        torch.testing.assert_close(packed, ref, atol=tol * 4, rtol=tol * 4)
 
 
 @pytest.mark.gpu
