@@ -53,6 +53,11 @@ class KiwiLM(L.LightningModule):
         mcfg = as_dict(self.hparams.model_cfg)
         apply_activation_checkpointing(self.model, mcfg.get("activation_checkpointing", "none"),
                                        every=int(mcfg.get("checkpoint_every", 2)))
+        if mcfg.get("compile"):
+            # Per decoder layer (not the whole model): one graph reused 38 times, and parameter names,
+            # checkpoints and exports are unchanged. Measured +38% tokens/s on an H100 (README).
+            for layer in self.model.model.layers:
+                layer.compile()
 
     def nll(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return lm_nll(self.model, batch["input_ids"], batch["labels"], batch.get("position_ids"),
