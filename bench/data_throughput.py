@@ -26,7 +26,6 @@ from kiwi.data.corpus import build_corpus_file  # noqa: E402
 from kiwi.data.datamodule import PackedDataModule  # noqa: E402
 from kiwi.data.tokenizer import build_offline_tokenizer  # noqa: E402
 
-
 SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/valid.txt"
 
 
