@@ -37,7 +37,7 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def child(dtype_name: str, strategy: str) -> dict:
+def child(dtype_name: str, strategy: str, mode: str) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -66,7 +66,7 @@ def child(dtype_name: str, strategy: str) -> dict:
 
     plan = make_plan(strategy, 24, 38, identity_init=True)
     t0 = time.perf_counter()
-    new = upscale(model, plan)
+    new = upscale(model, plan, consume_source=mode == "move")
     seconds = time.perf_counter() - t0
     peak_after = _peak_bytes()
     assert len(new.model.layers) == 38
@@ -74,6 +74,7 @@ def child(dtype_name: str, strategy: str) -> dict:
     return {
         "dtype": dtype_name,
         "strategy": strategy,
+        "mode": mode,
         "seconds": seconds,
         "model_gib": model_bytes / 2**30,
         "rss_before_gib": (rss_before - base_rss) / 2**30,
@@ -89,7 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--strategies", nargs="+", default=["interleave", "solar"])
-    parser.add_argument("--child", nargs=2, metavar=("DTYPE", "STRATEGY"), help=argparse.SUPPRESS)
+    parser.add_argument("--modes", nargs="+", default=["copy", "move"],
+                        help="copy: the source stays usable; move: consume_source=True, as build_model does")
+    parser.add_argument("--child", nargs=3, metavar=("DTYPE", "STRATEGY", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child)))
@@ -97,11 +100,12 @@ def main() -> None:
     rows = []
     for dtype in args.dtypes:
         for strategy in args.strategies:
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", dtype, strategy],
-                check=True, capture_output=True, text=True,
-            )
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            for mode in args.modes:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", dtype, strategy, mode],
+                    check=True, capture_output=True, text=True,
+                )
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     import torch
     import transformers
 
@@ -109,11 +113,11 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, transformers {transformers.__version__}, {time.strftime('%Y-%m-%d')}")
     print("memory columns are process RSS above the post-import baseline; peak covers source + new model")
-    head = f"{'dtype':<9} {'strategy':<11} {'time_s':>7} {'model_GiB':>9} {'peak_GiB':>8} {'peak/model':>10}"
+    head = f"{'dtype':<9} {'strategy':<11} {'mode':<5} {'time_s':>7} {'model_GiB':>9} {'peak_GiB':>8} {'peak/model':>10}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['dtype']:<9} {r['strategy']:<11} {r['seconds']:>7.2f} {r['model_gib']:>9.2f} "
+        print(f"{r['dtype']:<9} {r['strategy']:<11} {r['mode']:<5} {r['seconds']:>7.2f} {r['model_gib']:>9.2f} "
               f"{r['peak_gib']:>8.2f} {r['peak_over_model']:>10.2f}")
 
 

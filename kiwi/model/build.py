@@ -162,7 +162,7 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
     if plan is None:
         plan, measurement = score_and_plan(model, tokenizer, model_cfg, base_config, cache_dir, calibration_texts)
     log.info("Layer plan (%s, %d -> %d layers):\n%s", plan.strategy, plan.n_source, plan.n_target, plan.table())
-    upscaled = upscale(model, plan)
+    upscaled = upscale(model, plan, consume_source=True)  # the base is discarded: move, don't copy
     del model
     apply_trainable(upscaled, plan)
     return BuiltModel(upscaled, tokenizer, plan, base, base_config, measurement)

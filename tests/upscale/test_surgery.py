@@ -188,3 +188,30 @@ def test_24_to_38_upscale_of_tiny_24_layer_model(model24):
         ids = torch.randint(0, 300, (1, 10))
         with torch.no_grad():
             torch.testing.assert_close(big(ids).logits, model24(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_consume_source_moves_first_copies_and_matches_copy_mode():
+    """build_model's fast path: same model as a full copy, only the duplicates are new memory."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from kiwi.upscale import make_plan, upscale
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=6, vocab_size=300, tie_word_embeddings=True)
+    plan = make_plan("interleave", 6, 10, identity_init=True)
+    copied = upscale(Qwen2ForCausalLM(cfg).eval(), plan)
+    torch.manual_seed(0)
+    source = Qwen2ForCausalLM(cfg).eval()
+    moved = upscale(source, plan, consume_source=True)
+    ids = torch.randint(0, 300, (2, 24))
+    with torch.no_grad():
+        assert torch.equal(copied(ids, use_cache=False).logits, moved(ids, use_cache=False).logits)
+    ptrs = [p.data_ptr() for p in moved.parameters()]
+    assert len(ptrs) == len(set(ptrs))  # no tensor shared inside the new model (safetensors-safe)
+    src_ptrs = {p.data_ptr() for p in source.parameters()}
+    first = {plan.sources.index(s) for s in set(plan.sources)}
+    for j, layer in enumerate(moved.model.layers):
+        shares = layer.mlp.up_proj.weight.data_ptr() in src_ptrs
+        assert shares == (j in first), f"layer {j}"
+    assert moved.lm_head.weight is moved.model.embed_tokens.weight
