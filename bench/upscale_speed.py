@@ -113,7 +113,8 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, transformers {transformers.__version__}, {time.strftime('%Y-%m-%d')}")
     print("memory columns are process RSS above the post-import baseline; peak covers source + new model")
-    head = f"{'dtype':<9} {'strategy':<11} {'mode':<5} {'time_s':>7} {'model_GiB':>9} {'peak_GiB':>8} {'peak/model':>10}"
+    head = (f"{'dtype':<9} {'strategy':<11} {'mode':<5} {'time_s':>7} {'model_GiB':>9} {'peak_GiB':>8} "
+            f"{'peak/model':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
