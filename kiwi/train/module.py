@@ -29,6 +29,7 @@ class KiwiLM(L.LightningModule):
     def __init__(self, model_cfg: Mapping, optimizer: Mapping, scheduler: Mapping | None = None,
                  cache_dir: str = "~/.cache/kiwi", loss_chunk: int = DEFAULT_CHUNK,
                  nonfinite_loss: str = "stop", warmup_steps: int = 0, total_steps: int = 1,
+                 loss_impl: str = "auto",
                  plan: Mapping | None = None, built: BuiltModel | None = None):
         super().__init__()
         if nonfinite_loss not in ("stop", "skip"):
@@ -61,7 +62,7 @@ class KiwiLM(L.LightningModule):
 
     def nll(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return lm_nll(self.model, batch["input_ids"], batch["labels"], batch.get("position_ids"),
-                      chunk=self.hparams.loss_chunk)
+                      chunk=self.hparams.loss_chunk, impl=self.hparams.loss_impl)
 
     def training_step(self, batch, batch_idx):
         nll, n_tokens = self.nll(batch)
