@@ -395,16 +395,17 @@ class HubSource(DocumentSource):
                 if selection.done(index):
                     return
                 if selection.wants(index):
-                    if isinstance(value, str):
-                        yield index, value
-                    else:
-                        err = DataError(
-                            f"{self.describe()}: row {index}: column {self.text_field!r} is a "
-                            f"{type(value).__name__}, expected a string"
-                        )
-                        _handle(err, self.on_error, stats)
-                        yield index, None
+                    yield index, _text_or_none(value, f"{self.describe()}: row {index}: column "
+                                               f"{self.text_field!r}", self.on_error, stats)
                 index += 1
+
+
+def _text_or_none(value: Any, where: str, on_error: str, stats: SourceStats) -> str | None:
+    """The value if it is a string; otherwise raise (or, with on_error=skip, count it) naming ``where``."""
+    if isinstance(value, str):
+        return value
+    _handle(DataError(f"{where} is a {type(value).__name__}, expected a string"), on_error, stats)
+    return None
 
 
 def build_source(kind: str, text_field: str = "text", on_error: str = "raise", **kwargs: Any) -> DocumentSource:
@@ -434,9 +435,4 @@ class TextListSource(DocumentSource):
             if selection.done(index):
                 return
             if selection.wants(index):
-                if isinstance(value, str):
-                    yield index, value
-                else:
-                    err = DataError(f"text list: record {index} is a {type(value).__name__}, expected a string")
-                    _handle(err, self.on_error, stats)
-                    yield index, None
+                yield index, _text_or_none(value, f"text list: record {index}", self.on_error, stats)

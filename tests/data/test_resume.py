@@ -45,7 +45,7 @@ def test_resume_lands_mid_document(tokenizer):
     assert any(o > 0 for o in offsets), "the fixture should split a document across rows"
 
 
-def _datamodule(tokenizer, files, workers: int, **kw) -> PackedDataModule:
+def _datamodule(tokenizer, files, workers: int, setup: bool = True, **kw) -> PackedDataModule:
     dm = PackedDataModule(
         tokenizer,
         source={"kind": "files", "files": files},
@@ -57,7 +57,8 @@ def _datamodule(tokenizer, files, workers: int, **kw) -> PackedDataModule:
         val_documents=3,
         **kw,
     )
-    dm.setup("fit")
+    if setup:
+        dm.setup("fit")
     return dm
 
 
@@ -79,16 +80,7 @@ def test_datamodule_resume_through_dataloader(tmp_path, tokenizer, workers, stop
     first = _datamodule(tokenizer, files, workers)
     head = _consume(first, stop_after)
     state = first.state_dict()
-    second = PackedDataModule(
-        tokenizer,
-        source={"kind": "files", "files": files},
-        seq_len=SEQ,
-        batch_size=2,
-        shuffle_buffer=6,
-        seed=1,
-        num_workers=workers,
-        val_documents=3,
-    )
+    second = _datamodule(tokenizer, files, workers, setup=False)
     second.load_state_dict(state)  # before setup, as Lightning restores the datamodule
     second.setup("fit")
     rest = _consume(second, total - stop_after)
