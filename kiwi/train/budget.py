@@ -38,3 +38,29 @@ def make_budget(total_tokens: float, batch_size: int, seq_len: int, world_size: 
             raise ValueError(f"budget.total_tokens: expected a positive number, got {total_tokens}")
         steps = math.ceil(float(total_tokens) / per_step)
     return Budget(steps * per_step, per_step, steps, int(round(warmup_fraction * steps)))
+
+
+def flops_matched_tokens(total_tokens: float, config, match_layers: int, seq_len: int) -> int:
+    """Tokens that cost ``config``'s model the training FLOPs of ``total_tokens`` through the same
+    architecture at ``match_layers`` decoder layers (an equal-compute control for a deeper model).
+
+    FLOPs per token follow kiwi.train.flops with each row one document of ``seq_len`` tokens, so both
+    sides count attention the same way."""
+    import copy
+
+    from kiwi.train.flops import flops_per_token
+
+    if match_layers is None or int(match_layers) < 1:
+        raise ValueError(f"budget.match_flops_layers: expected a positive layer count, got {match_layers}")
+    deep = copy.deepcopy(config)
+    deep.num_hidden_layers = int(match_layers)
+    ratio = flops_per_token(deep, [seq_len]) / flops_per_token(config, [seq_len])
+    return int(round(float(total_tokens) * ratio))
+
+
+def training_flops(config, tokens: int, seq_len: int) -> float:
+    """Model FLOPs of training ``tokens`` tokens (6N matmuls + attention, rows of one ``seq_len``
+    document), the convention of kiwi.train.flops; frozen layers are counted as trained."""
+    from kiwi.train.flops import flops_per_token
+
+    return float(tokens) * flops_per_token(config, [seq_len])

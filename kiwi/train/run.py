@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kiwi.model.build import as_dict, build_model
-from kiwi.train.budget import make_budget
+from kiwi.train.budget import flops_matched_tokens, make_budget, training_flops
 from kiwi.train.export import export_hf
 from kiwi.train.module import KiwiLM, perplexity
 
@@ -42,6 +44,9 @@ def validate_early(cfg: DictConfig) -> None:
         raise ValueError(f"module.nonfinite_loss: expected 'stop' or 'skip', got {cfg.module.nonfinite_loss!r}")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path: {cfg.ckpt_path} does not exist")
+    for i, req in enumerate(cfg.get("prerequisites") or []):
+        if not Path(req.path).exists():
+            raise FileNotFoundError(f"prerequisites[{i}]: {req.path} does not exist; {req.get('how', '')}")
 
 
 def write_report(out_dir: Path, before: float | None, after: float | None, extra: dict) -> Path:
@@ -65,6 +70,9 @@ def _val_ppl(trainer: L.Trainer, module: KiwiLM, datamodule) -> float | None:
 
 def run(cfg: DictConfig) -> dict:
     validate_early(cfg)
+    reused = reused_export(cfg)
+    if reused is not None:
+        return reused
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,13 +86,18 @@ def run(cfg: DictConfig) -> dict:
     callbacks = instantiate_group(cfg.get("callbacks"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    budget = make_budget(cfg.budget.total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer.world_size,
+    total_tokens = cfg.budget.total_tokens
+    if cfg.budget.get("match_flops_layers"):  # equal-compute control: as many FLOPs as a deeper model's
+        total_tokens = flops_matched_tokens(total_tokens, built.model.config, cfg.budget.match_flops_layers,
+                                            cfg.data.seq_len)
+    budget = make_budget(total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer.world_size,
                          cfg.trainer.get("accumulate_grad_batches", 1), cfg.budget.warmup_fraction,
                          cfg.trainer.get("max_steps"))
     trainer.fit_loop.epoch_loop.max_steps = budget.steps  # the budget is known only once world_size is
     module = KiwiLM(model_cfg=as_dict(cfg.model), optimizer=as_dict(cfg.optimizer),
                     scheduler=as_dict(cfg.get("scheduler")) or None, cache_dir=cfg.paths.cache_dir,
                     loss_chunk=cfg.module.loss_chunk, nonfinite_loss=cfg.module.nonfinite_loss,
+                    loss_impl=cfg.module.get("loss_impl", "auto"),
                     warmup_steps=budget.warmup_steps, total_steps=budget.steps, built=built)
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("model: %s -> %d layers, %.1fM params (%.1fM trainable)", built.base_path,
@@ -95,21 +108,46 @@ def run(cfg: DictConfig) -> dict:
                             "budget": budget.__dict__})
 
     before = _val_ppl(trainer, module, datamodule) if cfg.validate_before and not cfg.get("ckpt_path") else None
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_wall_s = time.perf_counter() - start
     interrupted = any(getattr(cb, "interrupted", False) for cb in callbacks)
     after = None if interrupted or trainer.fast_dev_run else _val_ppl(trainer, module, datamodule)
 
     result = {"val/ppl_before": before, "val/ppl": after, "steps": trainer.global_step,
               "tokens": trainer.global_step * budget.tokens_per_step, "interrupted": interrupted}
     if trainer.is_global_zero:
+        flops = training_flops(module.model.config, result["tokens"], cfg.data.seq_len)
         write_report(out_dir, before, after, {"steps": result["steps"], "tokens": result["tokens"],
-                                              "plan": built.plan.strategy, "n_params": n_params})
+                                              "tokens_per_step": budget.tokens_per_step,
+                                              "plan": built.plan.strategy, "n_params": n_params,
+                                              "n_trainable": module.num_trainable_parameters(),
+                                              "train_flops": flops, "fit_wall_s": round(fit_wall_s, 2)})
         if cfg.export_hf and not interrupted:
-            result["hf_dir"] = str(export_hf(module.model, built.tokenizer, built.plan, out_dir / "hf_model",
-                                             base_model=built.base_path))
+            result["hf_dir"] = str(export_to(module, built, Path(cfg.get("export_dir") or out_dir / "hf_model")))
         print_outputs(out_dir, result)
     finish_loggers(loggers)
     return result
+
+
+def reused_export(cfg: DictConfig) -> dict | None:
+    """With ``reuse_export``, a model already exported to ``export_dir`` is kept and nothing is trained."""
+    export_dir = cfg.get("export_dir")
+    if not (export_dir and cfg.get("reuse_export") and (Path(export_dir) / "config.json").exists()):
+        return None
+    print(f"kiwi: {export_dir} already exists, reusing it (delete it to train again)")
+    return {"val/ppl": None, "hf_dir": str(export_dir), "reused": True}
+
+
+def export_to(module: KiwiLM, built, out: Path) -> Path:
+    """Export via a temporary sibling and a rename, so a reader of ``out`` never sees half a model."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_hf(module.model, built.tokenizer, built.plan, tmp, base_model=built.base_path)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
 
 
 def print_outputs(out_dir: Path, result: dict) -> None:
