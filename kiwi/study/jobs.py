@@ -1,0 +1,135 @@
+"""Read one tiny_dus multirun back from disk: per job its variant, learning rate and held-out curve.
+
+Everything comes from what train.py already writes per job (``.hydra/config.yaml``,
+``perplexity_report.json``, ``csv/metrics.csv``), so a study can be gathered long after it ran.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+CONTROL_TOKENS = "control_tokens"
+CONTROL_FLOPS = "control_flops"
+
+
+@dataclass
+class StudyJob:
+    path: Path
+    variant: str
+    strategy: str
+    identity_init: bool
+    trainable: str
+    lr: float
+    seed: int
+    ppl_step0: float | None
+    ppl_end: float | None
+    steps: int
+    tokens: int
+    train_flops: float | None
+    wall_s: float | None
+    wandb_group: str | None = None
+    wandb_project: str | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (tokens trained, held-out ppl)
+
+    @property
+    def is_control(self) -> bool:
+        return self.variant in (CONTROL_TOKENS, CONTROL_FLOPS)
+
+
+def variant_label(strategy: str, identity_init: bool, trainable: str, match_flops: bool) -> str:
+    """One name per distinct setting, derived from the resolved config (not from how it was asked for),
+    so `+study=solar_id` and `model.layer_selection=solar model.layer_selection.identity_init=true` agree."""
+    if strategy == "none":
+        return CONTROL_FLOPS if match_flops else CONTROL_TOKENS
+    return strategy + ("_id" if identity_init else "") + ("_new" if trainable == "new" else "")
+
+
+def _select(cfg, key: str, default=None):
+    try:
+        value = OmegaConf.select(cfg, key, default=default)
+    except Exception:  # noqa: BLE001 - an interpolation that needs the Hydra runtime
+        return default
+    return default if value is None else value
+
+
+def read_curve(metrics_csv: Path, tokens_per_step: int) -> list[tuple[int, float]]:
+    """(tokens, ppl) of every validation the CSV logger recorded, one per step (the last wins)."""
+    if not metrics_csv.exists():
+        return []
+    by_step: dict[int, float] = {}
+    with metrics_csv.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            loss = row.get("val/loss")
+            if loss:
+                by_step[int(float(row["step"]))] = math.exp(float(loss))
+    return [(step * tokens_per_step, ppl) for step, ppl in sorted(by_step.items())]
+
+
+def load_job(job_dir: str | Path) -> StudyJob:
+    job_dir = Path(job_dir)
+    cfg_path, report_path = job_dir / ".hydra" / "config.yaml", job_dir / "perplexity_report.json"
+    for path in (cfg_path, report_path):
+        if not path.exists():
+            raise FileNotFoundError(f"{job_dir}: {path.name} is missing (job not finished, or not a train.py job)")
+    cfg = OmegaConf.load(cfg_path)
+    report = json.loads(report_path.read_text())
+    strategy = str(_select(cfg, "model.layer_selection.strategy", "none"))
+    identity = bool(_select(cfg, "model.layer_selection.identity_init", False))
+    trainable = str(_select(cfg, "model.layer_selection.trainable", "all"))
+    match_flops = bool(_select(cfg, "budget.match_flops_layers", None))
+    per_step = int(report.get("tokens_per_step") or 0)
+    curve = read_curve(job_dir / "csv" / "metrics.csv", per_step) if per_step else []
+    # The report's step-0 and final values are float64; the CSV holds float32 copies.
+    points = dict(curve)
+    if report.get("val_ppl_before") is not None:
+        points[0] = report["val_ppl_before"]
+    if report.get("val_ppl_after") is not None:
+        points[int(report["tokens"])] = report["val_ppl_after"]
+    return StudyJob(
+        path=job_dir,
+        variant=variant_label(strategy, identity, trainable, match_flops),
+        strategy=strategy,
+        identity_init=identity,
+        trainable=trainable,
+        lr=float(_select(cfg, "optimizer.lr")),
+        seed=int(_select(cfg, "seed", 0)),
+        ppl_step0=report.get("val_ppl_before"),
+        ppl_end=report.get("val_ppl_after"),
+        steps=int(report["steps"]),
+        tokens=int(report["tokens"]),
+        train_flops=report.get("train_flops"),
+        wall_s=report.get("fit_wall_s"),
+        wandb_group=_select(cfg, "logger.wandb.group"),
+        wandb_project=_select(cfg, "logger.wandb.project"),
+        curve=sorted(points.items()),
+    )
+
+
+def load_jobs(multirun_dir: str | Path) -> tuple[list[StudyJob], list[Path]]:
+    """(finished jobs, job directories without results) of a Hydra multirun directory."""
+    root = Path(multirun_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"multirun directory {root} does not exist")
+    jobs, incomplete = [], []
+    for job_dir in sorted((p for p in root.iterdir() if (p / ".hydra").is_dir()), key=_job_order):
+        try:
+            jobs.append(load_job(job_dir))
+        except FileNotFoundError as err:
+            log.warning("%s", err)
+            incomplete.append(job_dir)
+    if not jobs:
+        raise ValueError(f"{root}: no finished train.py jobs (no */perplexity_report.json)")
+    return jobs, incomplete
+
+
+def _job_order(path: Path):
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
