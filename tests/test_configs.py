@@ -15,6 +15,8 @@ from kiwi.config import CONF_DIR, ROOT_DIR
 from tests.helpers import compose
 
 PRIMARY = {"train.yaml", "eval.yaml"}
+APPENDED_GROUPS = {"study"}  # not in a defaults list: selected with `+study=<variant>`
+NEEDS = {"study": ["experiment=tiny_dus"]}  # groups whose files build on an experiment
 
 
 def group_options() -> list[tuple[str, str]]:
@@ -47,7 +49,9 @@ def test_every_config_composes_and_resolves(group, option, tmp_path, kiwi_cache)
     if primary_for(group) == "eval" and not (CONF_DIR / "eval.yaml").exists():
         pytest.skip("conf/eval.yaml not present")
     override = f"{group}@tasks.{option}={option}" if group == "eval/task" else f"{group}={option}"
-    cfg = compose(primary_for(group), [override], output_dir=tmp_path)
+    if group in APPENDED_GROUPS:
+        override = "+" + override
+    cfg = compose(primary_for(group), [*NEEDS.get(group, []), override], output_dir=tmp_path)
     container = OmegaConf.to_container(cfg, resolve=True)
     assert container, f"{group}={option} composed to an empty config"
 

@@ -12,6 +12,7 @@ import ast
 import hashlib
 import inspect
 import json
+import os
 import re
 import sysconfig
 from collections.abc import Iterator, Sequence
@@ -103,7 +104,7 @@ def build_corpus_file(out_dir: str | Path, packages: Sequence[str] = DEFAULT_PAC
     if path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # one per process: ranks may build at once
     with tmp.open("w", encoding="utf-8") as fh:
         for record in iter_documents(packages):
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -86,9 +87,13 @@ def build_offline_tokenizer(
     out_dir = Path(cache_dir).expanduser() / f"tokenizer-bpe{vocab_size}-{key}"
     if (out_dir / "tokenizer.json").exists():
         return out_dir
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")  # one per process: ranks may build at once
     shutil.rmtree(tmp, ignore_errors=True)
     save_as_qwen2(train_bpe(_iter_texts(corpus_file, max_chars), vocab_size), tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.replace(out_dir)
+    try:
+        tmp.replace(out_dir)
+    except OSError:
+        if not (out_dir / "tokenizer.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same build first
     return out_dir

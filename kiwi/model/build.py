@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +75,23 @@ def build_tiny_base(tiny: Mapping, cache_dir: str | Path) -> Path:
         raise ValueError(f"model.tiny: {err}") from err
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # one per process: ranks may build at once
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(out)
+    publish_dir(tmp, out)
     return out
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Move a finished build into place; if another process published the same build first, keep it."""
+    import shutil
+
+    try:
+        tmp.replace(out)
+    except OSError:
+        if not (out / "config.json").exists() and not (out / "tokenizer.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_base(model_cfg: Mapping, cache_dir: str | Path) -> str:
@@ -161,8 +174,10 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
     measurement = None
     if plan is None:
         plan, measurement = score_and_plan(model, tokenizer, model_cfg, base_config, cache_dir, calibration_texts)
+    log.info("attention: %s on %s", attn, torch.device(device).type)
     log.info("Layer plan (%s, %d -> %d layers):\n%s", plan.strategy, plan.n_source, plan.n_target, plan.table())
     upscaled = upscale(model, plan, consume_source=True)  # the base is discarded: move, don't copy
+    upscaled.config.kiwi_base_model = base  # provenance, saved with checkpoints and exports
     del model
     apply_trainable(upscaled, plan)
     return BuiltModel(upscaled, tokenizer, plan, base, base_config, measurement)

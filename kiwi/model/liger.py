@@ -11,7 +11,9 @@ weights are bf16.
 DeepSpeed ZeRO-3 caveat: the kernel reads ``lm_head.weight`` directly, outside the module call that
 ZeRO-3 hooks to gather a partitioned parameter, so under ZeRO-3 it sees an empty shard and fails (or
 would need ``deepspeed.zero.GatheredParameters`` around the loss). kiwi's default strategy is ZeRO-2,
-where parameters are not partitioned; with ZeRO-3 use ``loss_impl=chunked``.
+where parameters are not partitioned. The chunked fallback reads the weight the same way, so ZeRO-3 is
+not supported by either. FSDP should work (the loss runs inside the root unit's forward, which gathers
+lm_head) but is untested on GPUs here.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def log_images(trainer: L.Trainer, images: dict[str, str | Path]) -> None:
 
 class ThroughputMonitor(L.Callback):
     """Tokens/s, MFU (kiwi.train.flops: matmuls incl. lm_head + document-masked attention of the actual
-    batch) and peak memory per optimizer step; tokens are counted across all ranks."""
+    batch) and peak memory, per training batch over a sliding window; tokens counted across all ranks."""
 
     def __init__(self, peak_flops: float | None = None, window: int = 10):
         self.peak_flops = peak_flops
@@ -125,6 +125,8 @@ class CheckpointOnSignal(L.Callback):
             signal.signal(sig, self._handler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: wait for the optimizer step so the checkpoint resumes exactly
         flag = torch.tensor(1 if self.received is not None else 0, device=pl_module.device)
         if trainer.world_size > 1:
             flag = trainer.strategy.reduce(flag, reduce_op="max")
@@ -136,6 +138,12 @@ class CheckpointOnSignal(L.Callback):
         self.interrupted = True
 
     def on_train_end(self, trainer, pl_module):
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._restore()
+
+    def _restore(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     from kiwi.train.checkpoint import load_training_checkpoint
 
     model, tokenizer, plan = load_training_checkpoint(args.checkpoint, dtype=torch_dtype(args.dtype))
-    print(export_hf(model, tokenizer, plan, args.out_dir))
+    base = getattr(model.config, "kiwi_base_model", None) or "base"
+    print(export_hf(model, tokenizer, plan, args.out_dir, base_model=base))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class KiwiLM(L.LightningModule):
     def __init__(self, model_cfg: Mapping, optimizer: Mapping, scheduler: Mapping | None = None,
                  cache_dir: str = "~/.cache/kiwi", loss_chunk: int = DEFAULT_CHUNK,
                  nonfinite_loss: str = "stop", warmup_steps: int = 0, total_steps: int = 1,
-                 loss_impl: str = "auto",
+                 loss_impl: str = "auto", device: str = "cpu",
                  plan: Mapping | None = None, built: BuiltModel | None = None):
         super().__init__()
         if nonfinite_loss not in ("stop", "skip"):
@@ -39,7 +39,8 @@ class KiwiLM(L.LightningModule):
             # A stored plan (e.g. a measured importance plan) is reused, never re-derived.
             from kiwi.upscale import LayerPlan
 
-            built = build_model(model_cfg, cache_dir, plan=LayerPlan.from_dict(plan) if plan else None)
+            built = build_model(model_cfg, cache_dir, plan=LayerPlan.from_dict(plan) if plan else None,
+                                device=device)
         self.model = built.model
         self.tokenizer = built.tokenizer
         self.plan = built.plan
@@ -67,15 +68,22 @@ class KiwiLM(L.LightningModule):
     def training_step(self, batch, batch_idx):
         nll, n_tokens = self.nll(batch)
         loss = nll / n_tokens.clamp_min(1)
-        if not torch.isfinite(loss):
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.trainer.world_size > 1:  # every rank takes the same decision, or the others hang in all-reduce
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        if bad.item() > 0:
             if self.hparams.nonfinite_loss == "skip":
                 self.skipped_steps += 1
                 self.log("train/skipped_steps", float(self.skipped_steps))
                 log.warning("non-finite loss at step %d: step skipped (%d so far)", self.global_step,
                             self.skipped_steps)
-                return None
+                if self.trainer.world_size == 1:
+                    return None
+                # Multi-device strategies cannot skip a step: a zero loss gives zero gradients everywhere.
+                return loss.nan_to_num(0.0, posinf=0.0, neginf=0.0) * 0.0
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, batch {batch_idx}. "
+                f"non-finite training loss ({loss.item()} on this rank) at global step {self.global_step}, "
+                f"batch {batch_idx}. "
                 "Stopping before any checkpoint of this state is written; lower optimizer.lr, check the data, "
                 "or set module.nonfinite_loss=skip."
             )
@@ -112,8 +120,9 @@ class KiwiLM(L.LightningModule):
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            # Norm gains and biases are not regularised; tied embeddings are counted once.
-            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+            # Norm gains and biases are not regularised (by name: FSDP flattens shapes); tied embeddings
+            # appear once.
+            (no_decay if name.endswith(".bias") or "norm" in name else decay).append(p)
         opt_cfg = dict(as_dict(self.hparams.optimizer))
         if opt_cfg.get("fused", "absent") is None:
             # Lightning's mixed-precision plugin refuses to clip gradients for an optimizer that unscales

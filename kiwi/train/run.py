@@ -35,6 +35,16 @@ def run_name(cfg: DictConfig) -> str:
     return name
 
 
+def accelerator_device(trainer_cfg: DictConfig) -> str:
+    """Where the model will run, so build_model picks the attention kernel for it (flex_attention on CUDA)."""
+    import torch
+
+    acc = str(trainer_cfg.get("accelerator", "auto"))
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
 def validate_early(cfg: DictConfig) -> None:
     """Fail on config mistakes before any weights or data are touched."""
     for key in ("model", "data", "trainer", "optimizer"):
@@ -77,13 +87,16 @@ def run(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    built = build_model(cfg.model, cfg.paths.cache_dir)
+    device = accelerator_device(cfg.trainer)
+    built = build_model(cfg.model, cfg.paths.cache_dir, device=device)
     datamodule = instantiate(cfg.data, tokenizer=built.tokenizer)
     loggers = instantiate_group(cfg.get("logger"))
     for lg in loggers:
         if hasattr(lg, "_wandb_init") and not lg._wandb_init.get("name"):
             lg._wandb_init["name"] = run_name(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
+        callbacks = [cb for cb in callbacks if type(cb).__name__ != "LearningRateMonitor"]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     total_tokens = cfg.budget.total_tokens
@@ -98,7 +111,7 @@ def run(cfg: DictConfig) -> dict:
                     scheduler=as_dict(cfg.get("scheduler")) or None, cache_dir=cfg.paths.cache_dir,
                     loss_chunk=cfg.module.loss_chunk, nonfinite_loss=cfg.module.nonfinite_loss,
                     loss_impl=cfg.module.get("loss_impl", "auto"),
-                    warmup_steps=budget.warmup_steps, total_steps=budget.steps, built=built)
+                    warmup_steps=budget.warmup_steps, total_steps=budget.steps, device=device, built=built)
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("model: %s -> %d layers, %.1fM params (%.1fM trainable)", built.base_path,
              module.model.config.num_hidden_layers, n_params / 1e6, module.num_trainable_parameters() / 1e6)
@@ -123,7 +136,10 @@ def run(cfg: DictConfig) -> dict:
                                               "plan": built.plan.strategy, "n_params": n_params,
                                               "n_trainable": module.num_trainable_parameters(),
                                               "train_flops": flops, "fit_wall_s": round(fit_wall_s, 2)})
-        if cfg.export_hf and not interrupted:
+        if cfg.export_hf and not interrupted and "FSDP" in type(trainer.strategy).__name__:
+            log.warning("FSDP: the model is sharded; export from the full checkpoint instead: "
+                        "python -m kiwi.train.export %s/checkpoints/last.ckpt <out_dir>", out_dir)
+        elif cfg.export_hf and not interrupted:
             result["hf_dir"] = str(export_to(module, built, Path(cfg.get("export_dir") or out_dir / "hf_model")))
         print_outputs(out_dir, result)
     finish_loggers(loggers)
