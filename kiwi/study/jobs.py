@@ -62,16 +62,20 @@ def _select(cfg, key: str, default=None):
 
 
 def read_curve(metrics_csv: Path, tokens_per_step: int) -> list[tuple[int, float]]:
-    """(tokens, ppl) of every validation the CSV logger recorded, one per step (the last wins)."""
+    """(tokens, ppl) of the validations the CSV logger recorded, for runs whose report has no
+    ``val_curve``. Lightning logs a validation inside fit at optimizer step - 1 (the one before training,
+    at step 0, as 0), so the first val row is step 0 and later rows are shifted by one."""
     if not metrics_csv.exists():
         return []
-    by_step: dict[int, float] = {}
+    points: dict[int, float] = {}
     with metrics_csv.open(newline="") as fh:
         for row in csv.DictReader(fh):
             loss = row.get("val/loss")
             if loss:
-                by_step[int(float(row["step"]))] = math.exp(float(loss))
-    return [(step * tokens_per_step, ppl) for step, ppl in sorted(by_step.items())]
+                logged = int(float(row["step"]))
+                step = 0 if not points and logged == 0 else logged + 1
+                points[step * tokens_per_step] = math.exp(float(loss))
+    return sorted(points.items())
 
 
 def load_job(job_dir: str | Path) -> StudyJob:
@@ -87,13 +91,15 @@ def load_job(job_dir: str | Path) -> StudyJob:
     trainable = str(_select(cfg, "model.layer_selection.trainable", "all"))
     match_flops = bool(_select(cfg, "budget.match_flops_layers", None))
     per_step = int(report.get("tokens_per_step") or 0)
-    curve = read_curve(job_dir / "csv" / "metrics.csv", per_step) if per_step else []
-    # The report's step-0 and final values are float64; the CSV holds float32 copies.
-    points = dict(curve)
-    if report.get("val_ppl_before") is not None:
-        points[0] = report["val_ppl_before"]
-    if report.get("val_ppl_after") is not None:
-        points[int(report["tokens"])] = report["val_ppl_after"]
+    if report.get("val_curve"):  # exact: written by kiwi.train.run
+        points = {int(p["tokens"]): float(p["ppl"]) for p in report["val_curve"]}
+    else:  # older runs: the CSV logger's float32 copies, with the report's first and last values
+        csv_curve = read_curve(job_dir / "csv" / "metrics.csv", per_step) if per_step else []
+        points = {t: p for t, p in csv_curve if t <= int(report["tokens"])}
+        if report.get("val_ppl_before") is not None:
+            points[0] = report["val_ppl_before"]
+        if report.get("val_ppl_after") is not None:
+            points[int(report["tokens"])] = report["val_ppl_after"]
     return StudyJob(
         path=job_dir,
         variant=variant_label(strategy, identity, trainable, match_flops),

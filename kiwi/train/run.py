@@ -45,6 +45,34 @@ def accelerator_device(trainer_cfg: DictConfig) -> str:
     return "cpu"
 
 
+class RestartHeldOut(L.Callback):
+    """Every validation scores the same held-out rows. The validation stream otherwise continues where the
+    previous validation stopped (its next epoch, or the rows after ``limit_val_batches``), so val/ppl at
+    two steps, and evaluate.py's `heldout` task, would not measure the same text."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        dataset = getattr(trainer.datamodule, "val_dataset", None)
+        if dataset is not None and hasattr(dataset, "positions"):
+            dataset.positions.clear()
+            dataset.last_stream.clear()
+            dataset.n_streams = None
+
+
+class ValidationHistory(L.Callback):
+    """(optimizer step, held-out ppl) of every validation, exact (float64), for perplexity_report.json:
+    loggers record mid-fit validations one step early and in float32."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[int, float]] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or pl_module.last_val is None:
+            return
+        step, loss = pl_module.last_val
+        if not self.points or self.points[-1][0] != step:
+            self.points.append((step, perplexity(loss)))
+
+
 def validate_early(cfg: DictConfig) -> None:
     """Fail on config mistakes before any weights or data are touched."""
     for key in ("model", "data", "trainer", "optimizer"):
@@ -94,7 +122,8 @@ def run(cfg: DictConfig) -> dict:
     for lg in loggers:
         if hasattr(lg, "_wandb_init") and not lg._wandb_init.get("name"):
             lg._wandb_init["name"] = run_name(cfg)
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    history = ValidationHistory()
+    callbacks = [*instantiate_group(cfg.get("callbacks")), RestartHeldOut(), history]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [cb for cb in callbacks if type(cb).__name__ != "LearningRateMonitor"]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -135,7 +164,9 @@ def run(cfg: DictConfig) -> dict:
                                               "tokens_per_step": budget.tokens_per_step,
                                               "plan": built.plan.strategy, "n_params": n_params,
                                               "n_trainable": module.num_trainable_parameters(),
-                                              "train_flops": flops, "fit_wall_s": round(fit_wall_s, 2)})
+                                              "train_flops": flops, "fit_wall_s": round(fit_wall_s, 2),
+                                              "val_curve": [{"step": st, "tokens": st * budget.tokens_per_step,
+                                                             "ppl": ppl} for st, ppl in history.points]})
         if cfg.export_hf and not interrupted and "FSDP" in type(trainer.strategy).__name__:
             log.warning("FSDP: the model is sharded; export from the full checkpoint instead: "
                         "python -m kiwi.train.export %s/checkpoints/last.ckpt <out_dir>", out_dir)
