@@ -1,0 +1,89 @@
+"""Equal-FLOPs budgets, the study configs as composed by train.py, and the early prerequisite check."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import Qwen2Config
+
+from kiwi.train.budget import flops_matched_tokens, training_flops
+from kiwi.train.flops import flops_per_token
+from tests.helpers import compose
+
+VARIANTS = {  # conf/study/<name>.yaml -> (strategy, identity_init, trainable)
+    "interleave": ("interleave", False, "all"), "interleave_id": ("interleave", True, "all"),
+    "solar": ("solar", False, "all"), "solar_id": ("solar", True, "all"),
+    "stack": ("stack", False, "all"), "stack_id": ("stack", True, "all"),
+    "llama_pro": ("llama_pro", True, "new"), "llama_pro_all": ("llama_pro", True, "all"),
+    "llama_pro_noid": ("llama_pro", False, "all"),
+    "importance": ("importance", False, "all"), "importance_id": ("importance", True, "all"),
+    "control_tokens": ("none", False, "all"), "control_flops": ("none", False, "all"),
+}
+
+
+def _config(layers: int) -> Qwen2Config:
+    return Qwen2Config(vocab_size=8192, hidden_size=128, intermediate_size=384, num_hidden_layers=layers,
+                       num_attention_heads=4, num_key_value_heads=2)
+
+
+def test_flops_matched_tokens_scale_by_flops_per_token():
+    base = _config(5)
+    deep = _config(8)
+    ratio = flops_per_token(deep, [256]) / flops_per_token(base, [256])
+    assert flops_matched_tokens(49152, base, 8, 256) == round(49152 * ratio)
+    assert 1.2 < ratio < 1.6  # deeper, but the shared lm_head keeps it below 8/5
+    assert flops_matched_tokens(1000, base, 5, 256) == 1000
+    assert base.num_hidden_layers == 5  # the caller's config is not modified
+
+
+@pytest.mark.parametrize("bad", [0, -3, None])
+def test_flops_matched_tokens_rejects_bad_layer_counts(bad):
+    with pytest.raises(ValueError, match="budget.match_flops_layers"):
+        flops_matched_tokens(1000, _config(5), bad, 256)
+
+
+def test_training_flops_is_tokens_times_flops_per_token():
+    cfg = _config(8)
+    assert training_flops(cfg, 4096, 256) == pytest.approx(4096 * flops_per_token(cfg, [256]))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_study_variant_composes_with_tiny_dus(variant, kiwi_cache):
+    cfg = compose("train", ["experiment=tiny_dus", f"+study={variant}"])
+    strategy, identity, trainable = VARIANTS[variant]
+    ls = cfg.model.layer_selection
+    assert (ls.strategy, bool(ls.identity_init), ls.trainable) == (strategy, identity, trainable)
+    assert ls.n_target == (None if strategy == "none" else 8)
+    assert cfg.model.base == cfg.study.base_dir and cfg.model.tiny is None
+    assert cfg.study.variant == variant and cfg.logger.wandb.group == "tiny_dus"
+    assert cfg.budget.get("match_flops_layers") == (8 if variant == "control_flops" else None)
+
+
+def test_tiny_dus_accepts_layer_selection_style_overrides(kiwi_cache):
+    cfg = compose("train", ["experiment=tiny_dus", "model.layer_selection=solar"])
+    assert cfg.model.layer_selection.strategy == "solar" and cfg.model.layer_selection.n_target == 8
+    assert cfg.study.variant == "solar"
+
+
+def test_base_and_dus_share_the_held_out_set(kiwi_cache):
+    base = compose("train", ["experiment=tiny_base"])
+    dus = compose("train", ["experiment=tiny_dus", "+study=interleave"])
+    for key in ("source", "seq_len", "batch_size", "val_documents", "text_field"):
+        assert base.data[key] == dus.data[key], key
+    assert base.trainer.limit_val_batches == dus.trainer.limit_val_batches
+    assert base.export_dir == dus.model.base
+    assert base.model.layer_selection.strategy == "none" and base.model.tiny.num_hidden_layers == 5
+
+
+def test_tiny_base_on_shared_wikitext_composes(kiwi_cache):
+    cfg = compose("train", ["experiment=tiny_base", "data=wikitext_shared"])
+    assert cfg.data.source.files[0].endswith("wikitext-2-raw/valid.txt")
+    assert cfg.data.seq_len == 256 and cfg.data.val_documents == 12
+
+
+def test_tiny_dus_before_tiny_base_fails_with_a_clear_error(tmp_path, kiwi_cache):
+    from kiwi.train.run import run
+
+    cfg = compose("train", ["experiment=tiny_dus", "+study=interleave", f"study.base_dir={tmp_path / 'nope'}"],
+                  output_dir=tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"prerequisites\[0\].*nope/config.json.*experiment=tiny_base"):
+        run(cfg)

@@ -1,0 +1,119 @@
+"""The gatherer's tables on hand-written job directories (the files train.py writes per job), with
+numbers chosen so every delta and best-lr pick can be checked by hand; plus the held-out restart."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kiwi.study.gather import gather
+from kiwi.study.jobs import load_jobs, variant_label
+from kiwi.study.table import best_rows
+
+
+def _job(root: Path, num: int, strategy: str, identity: bool, lr: float, before: float, after: float,
+         tokens: int = 4096, trainable: str = "all", match_flops: int | None = None) -> None:
+    d = root / str(num)
+    (d / ".hydra").mkdir(parents=True)
+    cfg = {"seed": 1, "optimizer": {"lr": lr},
+           "model": {"layer_selection": {"strategy": strategy, "identity_init": identity, "trainable": trainable}},
+           "budget": {"total_tokens": tokens, "match_flops_layers": match_flops},
+           "logger": {"wandb": {"group": "g", "project": "p"}}}
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    curve = [{"step": 0, "tokens": 0, "ppl": before}, {"step": tokens // 1024, "tokens": tokens, "ppl": after}]
+    (d / "perplexity_report.json").write_text(json.dumps({
+        "val_ppl_before": before, "val_ppl_after": after, "steps": tokens // 1024, "tokens": tokens,
+        "tokens_per_step": 1024, "train_flops": 1e9 * tokens, "fit_wall_s": 3.0, "val_curve": curve}))
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    _job(root, 0, "interleave", True, 1e-3, 100.0, 90.0)
+    _job(root, 1, "interleave", True, 3e-3, 100.0, 95.0)
+    _job(root, 2, "solar", False, 1e-3, 400.0, 99.0)
+    _job(root, 3, "none", False, 1e-3, 100.0, 92.0)
+    _job(root, 4, "none", False, 3e-3, 100.0, 91.0)
+    _job(root, 5, "none", False, 1e-3, 100.0, 88.0, tokens=6144, match_flops=8)
+    (root / "6" / ".hydra").mkdir(parents=True)  # a job that never finished
+    return root
+
+
+def test_variant_labels_come_from_the_resolved_settings():
+    assert variant_label("solar", True, "all", False) == "solar_id"
+    assert variant_label("llama_pro", True, "new", False) == "llama_pro_id_new"
+    assert variant_label("llama_pro", False, "all", False) == "llama_pro"
+    assert variant_label("none", False, "all", False) == "control_tokens"
+    assert variant_label("none", False, "all", True) == "control_flops"
+
+
+def test_rows_deltas_best_lr_and_files(sweep, tmp_path):
+    g = gather(sweep, tmp_path / "out")
+    assert [p.name for p in g.incomplete] == ["6"]
+    by = {(r["variant"], r["lr"]): r for r in g.rows}
+    assert list(by)[:3] == [("interleave_id", 1e-3), ("interleave_id", 3e-3), ("solar", 1e-3)]
+    r = by[("interleave_id", 1e-3)]
+    assert r["delta_vs_tokens_ctrl_pct"] == pytest.approx(100 * (90 / 92 - 1))
+    assert r["delta_vs_flops_ctrl_pct"] == pytest.approx(100 * (90 / 88 - 1))
+    assert r["step0_vs_base"] == 0 and r["init"] == "identity"
+    assert by[("interleave_id", 3e-3)]["delta_vs_tokens_ctrl_pct"] == pytest.approx(100 * (95 / 91 - 1))
+    assert by[("interleave_id", 3e-3)]["delta_vs_flops_ctrl_pct"] is None  # no flops control at 3e-3
+    assert by[("solar", 1e-3)]["step0_vs_base"] == pytest.approx(3.0)
+    best = {r["variant"]: r for r in g.best}
+    assert best["interleave_id"]["best_lr"] == 1e-3 and best["control_tokens"]["best_lr"] == 3e-3
+    # tuned vs tuned: against the equal-token control at its own best lr (91)
+    assert best["interleave_id"]["delta_vs_tokens_ctrl_pct"] == pytest.approx(100 * (90 / 91 - 1))
+    md = g.files["markdown"].read_text()
+    assert "| interleave_id | interleave | identity | all | 0.001 | 100.000 | 0 | 90.000 | -1.10% | +2.27% |" in md
+    assert "NOT all start" not in md and "Unfinished jobs" in md and "curves.png" in md
+    assert g.files["csv"].read_text().count("\n") == 1 + 6
+    assert g.files["plot"].exists()
+
+
+def test_identity_variant_off_the_base_is_flagged(sweep, tmp_path):
+    _job(sweep, 7, "stack", True, 1e-3, 100.5, 93.0)
+    md = gather(sweep, tmp_path / "out").files["markdown"].read_text()
+    assert "NOT all start at the base" in md
+
+
+def test_best_rows_skip_diverged_runs(sweep):
+    _job(sweep, 7, "stack", False, 1e-3, 300.0, float("inf"))
+    jobs, _ = load_jobs(sweep)
+    assert "stack" not in {r["variant"] for r in best_rows(jobs)}
+
+
+def test_empty_or_missing_multirun_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_jobs(tmp_path / "nope")
+    (tmp_path / "empty" / "0" / ".hydra").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no finished train.py jobs"):
+        load_jobs(tmp_path / "empty")
+
+
+def test_validation_restarts_at_the_first_held_out_row(tmp_path):
+    """Without the restart a second pass over the held-out stream continues at its next epoch."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from kiwi.data.datamodule import PackedDataModule
+    from kiwi.data.tokenizer import save_as_qwen2, train_bpe
+    from kiwi.train.run import RestartHeldOut
+
+    texts = [f"Document {i} talks about topic {i % 7} and the number {i * 13}. " * (1 + i % 5) for i in range(60)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tok = AutoTokenizer.from_pretrained(save_as_qwen2(train_bpe(texts, 300), tmp_path / "tok"))
+    dm = PackedDataModule(tok, {"kind": "files", "files": [str(tmp_path / "docs.jsonl")]}, seq_len=32,
+                          batch_size=2, val_documents=10)
+    dm.setup("fit")
+    first = [b["input_ids"] for b in itertools.islice(dm.val_dataloader(), 2)]
+    drifted = [b["input_ids"] for b in itertools.islice(dm.val_dataloader(), 2)]
+    assert not all(torch.equal(a, b) for a, b in zip(first, drifted, strict=True))
+    RestartHeldOut().on_validation_end(SimpleNamespace(datamodule=dm), None)
+    again = [b["input_ids"] for b in itertools.islice(dm.val_dataloader(), 2)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
