@@ -102,6 +102,8 @@ def _val_ppl(trainer: L.Trainer, module: KiwiLM, datamodule) -> float | None:
     if module.last_val is not None and module.last_val[0] == trainer.global_step:
         return perplexity(module.last_val[1])  # already validated at this step during fit
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    if module.last_val is not None and module.last_val[0] == trainer.global_step:
+        return perplexity(module.last_val[1])  # float64, not the logged float32 copy
     loss = results[0].get("val/loss") if results else None
     return perplexity(float(loss)) if loss is not None else None
 

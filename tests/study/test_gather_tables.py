@@ -117,3 +117,24 @@ def test_validation_restarts_at_the_first_held_out_row(tmp_path):
     RestartHeldOut().on_validation_end(SimpleNamespace(datamodule=dm), None)
     again = [b["input_ids"] for b in itertools.islice(dm.val_dataloader(), 2)]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_csv_curve_for_reports_without_val_curve(tmp_path):
+    """Older reports have no val_curve: the CSV logger's rows are used, shifted as Lightning logs them
+    (validation before fit at step 0, validations inside fit at optimizer step - 1)."""
+    import math
+
+    from kiwi.study.jobs import load_job
+
+    _job(tmp_path, 0, "interleave", True, 1e-3, 100.0, 80.0, tokens=4096)
+    job_dir = tmp_path / "0"
+    report = json.loads((job_dir / "perplexity_report.json").read_text())
+    del report["val_curve"]
+    (job_dir / "perplexity_report.json").write_text(json.dumps(report))
+    (job_dir / "csv").mkdir()
+    rows = [(0, math.log(100.0)), (1, math.log(90.0)), (3, math.log(80.0))]  # vals after steps 0, 2, 4
+    (job_dir / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss\n" + "".join(f"0,{s},,{v}\n" for s, v in rows) + "0,2,4.5,\n")
+    job = load_job(job_dir)
+    assert [t for t, _ in job.curve] == [0, 2048, 4096]
+    assert job.curve[1][1] == pytest.approx(90.0) and job.curve[-1][1] == 80.0
