@@ -47,7 +47,7 @@ def environment_line() -> str:
     import torch
     import transformers
 
-    return (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} {platform.processor() or ''}"
+    return (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}"
             f" ({_cpus()} CPUs), Python {platform.python_version()}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}, lightning {lightning.__version__}")
 
@@ -59,9 +59,12 @@ def _cpus() -> int:
 
 
 def identity_summary(rows: Sequence[dict]) -> str:
-    ident = [r for r in rows if r["init"] == "identity" and r.get("step0_vs_base") is not None]
+    ident = [r for r in rows if r["init"] == "identity"]
     if not ident:
         return "No identity_init variants in this sweep."
+    ident = [r for r in ident if r.get("step0_vs_base") is not None]
+    if not ident:
+        return "No control job (the base at step 0) finished yet to compare the identity_init variants with."
     worst = max(abs(r["step0_vs_base"]) for r in ident)
     verdict = "all start at the base" if worst <= IDENTITY_RTOL else "NOT all start at the base"
     return (f"identity_init variants: {len(ident)} jobs, largest |step-0 ppl / base ppl - 1| = {worst:.1e} "
