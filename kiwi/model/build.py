@@ -117,7 +117,6 @@ def plan_for(model_cfg: Mapping, base_config, scores=None):
     from kiwi.upscale import plan_from_config
 
     ls = as_dict(model_cfg.get("layer_selection")) or {"strategy": "none"}
-    ls.pop("calibration", None)  # how build_model measures importance scores, not a plan option
     return plan_from_config(ls, base_config.num_hidden_layers, scores=scores, model_config=base_config)
 
 

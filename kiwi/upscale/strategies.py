@@ -3,7 +3,7 @@ target slot. Kept free of weights so a bad choice fails in milliseconds, not aft
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
@@ -156,8 +156,9 @@ def _importance(
     scores: Sequence[float] | None = None,
     direction: str = "most",
     metric: str | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> tuple[int, ...]:
-    del metric  # provenance only: which measurement produced ``scores``
+    del metric, calibration  # provenance only: how the caller measured ``scores``
     extra = _growth("importance", n_source, n_target)
     if scores is None:
         raise _fail(
@@ -196,7 +197,7 @@ STRATEGIES: dict[str, tuple[Callable[..., tuple[int, ...]], tuple[str, ...]]] = 
     "stack": (_stack, ()),
     "llama_pro": (_llama_pro, ()),
     "explicit": (_explicit, ("layers", "slices")),
-    "importance": (_importance, ("scores", "direction", "metric")),
+    "importance": (_importance, ("scores", "direction", "metric", "calibration")),
     "none": (_none, ()),
 }
 # LLaMA Pro trains only the inserted identity blocks; every other strategy defaults to plain copies.
