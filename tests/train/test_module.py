@@ -54,17 +54,12 @@ def test_trainable_new_freezes_all_but_the_copies(module):
     assert all(p.requires_grad for g in opt.param_groups for p in g["params"])
 
 
-def test_identity_init_starts_at_the_base_function(module, kiwi_cache):
+def test_identity_init_starts_at_the_base_function(module):
     from transformers import AutoModelForCausalLM
 
     lm = module(["model.layer_selection.identity_init=true"])
-    base = AutoModelForCausalLM.from_pretrained(_tiny_base_dir(kiwi_cache))
+    base = AutoModelForCausalLM.from_pretrained(lm.model.config.kiwi_base_model)
     ids = torch.randint(0, base.config.vocab_size, (2, 64))
     with torch.no_grad():
         assert torch.allclose(lm.model(ids, use_cache=False).logits, base(ids, use_cache=False).logits, atol=1e-5)
 
-
-def _tiny_base_dir(cache):
-    dirs = sorted(p for p in cache.glob("tiny-base-*") if p.is_dir() and not p.name.endswith(".tmp"))
-    assert dirs, "the tiny base was built into the session cache"
-    return dirs[0]
