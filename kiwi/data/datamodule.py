@@ -101,7 +101,8 @@ class PackedDataModule(L.LightningDataModule):
         )
         if self.val_documents:
             self.val_dataset = PackedDataset(
-                seq_len=self.val_seq_len, rank=0, world_size=1, end_document=self.val_documents, **common
+                seq_len=self.val_seq_len, rank=0, world_size=1, end_document=self.val_documents, resume=False,
+                **common,
             )
         if self._pending_state is not None:
             self._load_into_dataset(self._pending_state)

@@ -76,6 +76,7 @@ class PackedDataset(IterableDataset):
         first_document: int = 0,
         end_document: int | None = None,
         repeat: bool = False,
+        resume: bool = True,
         emit_state: bool = False,
         tokenize_batch: int = 64,
     ) -> None:
@@ -99,6 +100,8 @@ class PackedDataset(IterableDataset):
         self.first_document = int(first_document)
         self.end_document = end_document
         self.repeat = repeat
+        # False: every pass starts at the first row (a held-out set scored the same way each time).
+        self.resume = resume
         self.emit_state = emit_state
         self.tokenize_batch = int(tokenize_batch)
         self.stats = SourceStats()
@@ -198,6 +201,9 @@ class PackedDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         stream, n_streams = self._stream_of_this_worker()
+        if not self.resume:
+            self.positions.clear()
+            self.last_stream.clear()
         epoch, doc, offset = self.positions.get(stream, (0, 0, 0))
         while True:
             fresh, produced = doc == 0 and offset == 0, 0

@@ -45,19 +45,6 @@ def accelerator_device(trainer_cfg: DictConfig) -> str:
     return "cpu"
 
 
-class RestartHeldOut(L.Callback):
-    """Every validation scores the same held-out rows. The validation stream otherwise continues where the
-    previous validation stopped (its next epoch, or the rows after ``limit_val_batches``), so val/ppl at
-    two steps, and evaluate.py's `heldout` task, would not measure the same text."""
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        dataset = getattr(trainer.datamodule, "val_dataset", None)
-        if dataset is not None and hasattr(dataset, "positions"):
-            dataset.positions.clear()
-            dataset.last_stream.clear()
-            dataset.n_streams = None
-
-
 class ValidationHistory(L.Callback):
     """(optimizer step, held-out ppl) of every validation, exact (float64), for perplexity_report.json:
     loggers record mid-fit validations one step early and in float32."""
@@ -125,7 +112,7 @@ def run(cfg: DictConfig) -> dict:
         if hasattr(lg, "_wandb_init") and not lg._wandb_init.get("name"):
             lg._wandb_init["name"] = run_name(cfg)
     history = ValidationHistory()
-    callbacks = [*instantiate_group(cfg.get("callbacks")), RestartHeldOut(), history]
+    callbacks = [*instantiate_group(cfg.get("callbacks")), history]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [cb for cb in callbacks if type(cb).__name__ != "LearningRateMonitor"]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

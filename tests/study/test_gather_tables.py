@@ -3,12 +3,10 @@ numbers chosen so every delta and best-lr pick can be checked by hand; plus the 
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from kiwi.study.gather import gather
@@ -93,30 +91,6 @@ def test_empty_or_missing_multirun_dir_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "0" / ".hydra").mkdir(parents=True)
     with pytest.raises(ValueError, match="no finished train.py jobs"):
         load_jobs(tmp_path / "empty")
-
-
-def test_validation_restarts_at_the_first_held_out_row(tmp_path):
-    """Without the restart a second pass over the held-out stream continues at its next epoch."""
-    from types import SimpleNamespace
-
-    from transformers import AutoTokenizer
-
-    from kiwi.data.datamodule import PackedDataModule
-    from kiwi.data.tokenizer import save_as_qwen2, train_bpe
-    from kiwi.train.run import RestartHeldOut
-
-    texts = [f"Document {i} talks about topic {i % 7} and the number {i * 13}. " * (1 + i % 5) for i in range(60)]
-    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    tok = AutoTokenizer.from_pretrained(save_as_qwen2(train_bpe(texts, 300), tmp_path / "tok"))
-    dm = PackedDataModule(tok, {"kind": "files", "files": [str(tmp_path / "docs.jsonl")]}, seq_len=32,
-                          batch_size=2, val_documents=10)
-    dm.setup("fit")
-    first = [b["input_ids"] for b in itertools.islice(dm.val_dataloader(), 2)]
-    drifted = [b["input_ids"] for b in itertools.islice(dm.val_dataloader(), 2)]
-    assert not all(torch.equal(a, b) for a, b in zip(first, drifted, strict=True))
-    RestartHeldOut().on_validation_end(SimpleNamespace(datamodule=dm), None)
-    again = [b["input_ids"] for b in itertools.islice(dm.val_dataloader(), 2)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
 
 
 def test_csv_curve_for_reports_without_val_curve(tmp_path):
