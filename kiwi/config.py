@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +34,3 @@ def _register_resolvers() -> None:
 
 _register_resolvers()
 
-
-def default_cache_dir() -> str:
-    return os.environ.get("KIWI_CACHE", str(Path.home() / ".cache" / "kiwi"))
