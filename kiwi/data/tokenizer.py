@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from kiwi.atomic import publish_dir, temp_sibling
 
 EOS_TOKEN = "<|endoftext|>"
 # Qwen2's split rule, as in transformers' Qwen2Tokenizer: it must match for ids to agree.
@@ -87,13 +87,6 @@ def build_offline_tokenizer(
     out_dir = Path(cache_dir).expanduser() / f"tokenizer-bpe{vocab_size}-{key}"
     if (out_dir / "tokenizer.json").exists():
         return out_dir
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")  # one per process: ranks may build at once
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(out_dir)
     save_as_qwen2(train_bpe(_iter_texts(corpus_file, max_chars), vocab_size), tmp)
-    try:
-        tmp.replace(out_dir)
-    except OSError:
-        if not (out_dir / "tokenizer.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same build first
-    return out_dir
+    return publish_dir(tmp, out_dir)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from kiwi.atomic import publish_dir, temp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +76,10 @@ def build_tiny_base(tiny: Mapping, cache_dir: str | Path) -> Path:
         raise ValueError(f"model.tiny: {err}") from err
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # one per process: ranks may build at once
+    tmp = temp_sibling(out)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    publish_dir(tmp, out)
-    return out
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move a finished build into place; if another process published the same build first, keep it."""
-    import shutil
-
-    try:
-        tmp.replace(out)
-    except OSError:
-        if not (out / "config.json").exists() and not (out / "tokenizer.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    return publish_dir(tmp, out)
 
 
 def resolve_base(model_cfg: Mapping, cache_dir: str | Path) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from kiwi.atomic import publish_dir, temp_sibling
 from kiwi.model.build import as_dict, build_model
 from kiwi.train.budget import flops_matched_tokens, make_budget, training_flops
 from kiwi.train.export import export_hf
@@ -86,13 +86,13 @@ def write_report(out_dir: Path, before: float | None, after: float | None, extra
 
 
 def _val_ppl(trainer: L.Trainer, module: KiwiLM, datamodule) -> float | None:
-    if module.last_val is not None and module.last_val[0] == trainer.global_step:
-        return perplexity(module.last_val[1])  # already validated at this step during fit
-    results = trainer.validate(module, datamodule=datamodule, verbose=False)
-    if module.last_val is not None and module.last_val[0] == trainer.global_step:
-        return perplexity(module.last_val[1])  # float64, not the logged float32 copy
-    loss = results[0].get("val/loss") if results else None
-    return perplexity(float(loss)) if loss is not None else None
+    """Held-out ppl at the current step (float64, from the module), validating only if not done yet."""
+    def current() -> bool:
+        return module.last_val is not None and module.last_val[0] == trainer.global_step
+
+    if not current():
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    return perplexity(module.last_val[1]) if current() else None  # None: an empty held-out set
 
 
 def run(cfg: DictConfig) -> dict:
@@ -177,13 +177,9 @@ def reused_export(cfg: DictConfig) -> dict | None:
 
 def export_to(module: KiwiLM, built, out: Path) -> Path:
     """Export via a temporary sibling and a rename, so a reader of ``out`` never sees half a model."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(out)
     export_hf(module.model, built.tokenizer, built.plan, tmp, base_model=built.base_path)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
-    return out
+    return publish_dir(tmp, out, replace=True)
 
 
 def print_outputs(out_dir: Path, result: dict) -> None:
