@@ -76,7 +76,6 @@ class ThroughputMonitor(L.Callback):
         if pl_module.device.type == "cuda":
             metrics["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
-        self.last_tokens_per_s = tps
 
     def on_validation_start(self, trainer, pl_module):
         self._t0 = None  # validation time is not training throughput
@@ -110,6 +109,7 @@ class CheckpointOnSignal(L.Callback):
         self.path = Path(dirpath) / filename
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self.interrupted = False
 
     def _handler(self, signum, frame):
         log.warning("received signal %d: will checkpoint after this step and stop", signum)
