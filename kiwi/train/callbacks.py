@@ -1,8 +1,10 @@
-"""Callbacks a researcher watches: tokens/s and MFU, the layer plan, a progress bar in tokens, and a
-checkpoint on SIGTERM/SIGINT so a pre-empted job resumes where it stopped."""
+"""Callbacks a researcher watches: tokens/s and MFU, the layer plan, a progress bar in tokens; and the ones
+that make a run trustworthy: a ``last.ckpt`` that is always the final state, a stop on SIGTERM/SIGINT in
+every state, and an error (not an endless loop) for an epoch without data."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import time
@@ -10,8 +12,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+
+from kiwi.errors import DataError, KiwiError
 
 log = logging.getLogger(__name__)
 
@@ -102,51 +107,243 @@ class TokensProgressBar(TQDMProgressBar):
         return items
 
 
+class RunInterrupted(KiwiError, RuntimeError):
+    """A run stopped by SIGTERM or SIGINT."""
+
+
 class CheckpointOnSignal(L.Callback):
-    """On SIGTERM or SIGINT, finish the current step, write a checkpoint, then stop cleanly."""
+    """Stop on SIGTERM or SIGINT in every state of a run, and say why.
 
-    def __init__(self, dirpath: str, filename: str = "interrupted.ckpt"):
-        self.path = Path(dirpath) / filename
+    ``run`` installs the handler at the very start (model build, ``validate_before``), not at train start.
+    A signal during a training step lets the step finish: the run stops at its optimizer step, where
+    ``ModelCheckpoint`` writes ``last.ckpt``. Anywhere else (model build, validation, data loading, an
+    empty epoch) a single-process run raises ``RunInterrupted`` at once; on several ranks the flag is
+    agreed on collectively at the next hook (train/validation batch, epoch start/end). A second signal
+    stops immediately. The run then exits non-zero with a one-line reason.
+    """
+
+    def __init__(self) -> None:
         self.received: int | None = None
-        self._previous: dict[int, object] = {}
         self.interrupted = False
+        self.distributed = False  # set by run() once the world size is known: then never raise in the handler
+        self._in_step = False
+        self._trainer = None
+        self._previous: dict[int, object] = {}
 
-    def _handler(self, signum, frame):
-        log.warning("received signal %d: will checkpoint after this step and stop", signum)
-        self.received = signum
+    # ------------------------------------------------------------------------------------------ handler
 
-    def on_train_start(self, trainer, pl_module):
+    def install(self) -> None:
+        """Take over SIGTERM and SIGINT (main thread only; ``restore`` gives them back)."""
         import threading
 
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread() or self._previous:
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return  # mid-accumulation: wait for the optimizer step so the checkpoint resumes exactly
-        flag = torch.tensor(1 if self.received is not None else 0, device=pl_module.device)
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce(flag, reduce_op="max")
-        if int(flag) == 0:
-            return
-        trainer.save_checkpoint(self.path)
-        log.warning("checkpoint written to %s; resume with ckpt_path=%s", self.path, self.path)
-        trainer.should_stop = True
-        self.interrupted = True
-
-    def on_train_end(self, trainer, pl_module):
-        self._restore()
-
-    def on_exception(self, trainer, pl_module, exception):
-        self._restore()
-
-    def _restore(self):
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def error(self) -> RunInterrupted:
+        name = signal.Signals(self.received).name if self.received is not None else "a signal"
+        step = self._trainer.global_step if self._trainer is not None else 0
+        where = f"at step {step}" if self._trainer is not None else "before training started"
+        saved = ""
+        ckpt = self._checkpoint()
+        if ckpt is not None and ckpt.last_model_path and Path(ckpt.last_model_path).exists():
+            saved = f"; last checkpoint {ckpt.last_model_path} (resume with ckpt_path=<it>)"
+        return RunInterrupted(f"interrupted by {name} {where}{saved}")
+
+    def _handler(self, signum, frame):
+        if self.received is not None:  # the second signal: stop now, whatever is in flight
+            log.warning("received %s again: stopping immediately", signal.Signals(signum).name)
+            raise self.error()  # ModelCheckpoint saves nothing if a step was cut short
+        self.received = signum
+        ckpt = self._checkpoint()
+        if self._in_step or self.distributed or (ckpt is not None and not ckpt.consistent):
+            log.warning("received %s: will checkpoint after this step and stop (send it again to stop now)",
+                        signal.Signals(signum).name)
+            return
+        raise self.error()
+
+    def _checkpoint(self):
+        trainer = self._trainer
+        return next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None) if trainer else None
+
+    def _agreed(self, trainer, pl_module) -> bool:
+        """Whether any rank received a signal (collective on several ranks: call it on all of them)."""
+        flag = torch.tensor(1 if self.received is not None else 0, device=pl_module.device)
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce(flag, reduce_op="max")
+        return int(flag) > 0
+
+    def _raise_if_received(self, trainer, pl_module) -> None:
+        if self._agreed(trainer, pl_module):
+            self.interrupted = True
+            raise self.error()
+
+    # -------------------------------------------------------------------------------------------- hooks
+
+    def setup(self, trainer, pl_module, stage):
+        self._trainer = trainer
+        self.install()  # also when used without run()
+
+    def on_train_start(self, trainer, pl_module):
+        # Lightning's own SIGTERM handler (registered inside fit) would raise SystemExit(0) mid-loop.
+        self.restore()
+        self.install()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._raise_if_received(trainer, pl_module)
+        self._in_step = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            self._in_step = False  # mid-accumulation: no weight changed; stop at the optimizer step
+            return
+        self._in_step = False
+        if not self._agreed(trainer, pl_module):
+            return
+        log.warning("stopping after step %d (signal %s)", trainer.global_step, self.received)
+        trainer.should_stop = True  # ModelCheckpoint writes last.ckpt for this step
+        self.interrupted = True
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._raise_if_received(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._raise_if_received(trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._raise_if_received(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self._in_step = False
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._in_step = False
+
+
+class ModelCheckpoint(_LightningModelCheckpoint):
+    """Lightning's ModelCheckpoint, whose ``last.ckpt`` always ends as the run's final state.
+
+    Lightning rewrites ``last.ckpt`` only with a periodic checkpoint, so a run ending between two of them
+    left an older ``last.ckpt``. Here it is also written at the step where training ends (``max_steps``,
+    the token budget, ``trainer.should_stop``), at train end, and when a run stops on an anticipated
+    exception (``RunInterrupted``, ``NonFiniteLossError``): then it holds the last completed optimizer
+    step, never a poisoned or half-applied one.
+
+    Exactness: the loop counters, callback states and data positions are snapshotted at every optimizer
+    step (a few small dicts). Weights and optimizer state change only inside a step, so after a stop
+    during validation, data loading or mid-accumulation (micro-batches of the next step were consumed but
+    nothing was applied), the checkpoint pairs the untouched weights with that snapshot: resuming from it
+    replays the interrupted optimizer step from its first micro-batch, exactly as an uninterrupted run.
+    """
+
+
+    def __init__(self, *args, save_last: bool | str = True, **kwargs):
+        super().__init__(*args, save_last=save_last, **kwargs)
+        self.consistent = True  # weights == the state of the last snapshot (or of the run's start)
+        self._boundary: dict | None = None
+        self._use_boundary = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.consistent = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            self.consistent = self._boundary is not None or trainer.global_step == 0
+            return
+        self._boundary = self._snapshot(trainer)
+        self.consistent = True
+        max_steps = trainer.max_steps
+        if trainer.should_stop or (max_steps is not None and 0 < max_steps <= trainer.global_step):
+            self._save_final(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._save_final(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        super().on_exception(trainer, pl_module, exception)
+        name = type(exception).__name__
+        if name == "NonFiniteLossError":
+            ok = True  # kiwi.train.module raises it before the poisoned step changes any weight
+        elif name in ("RunInterrupted", "KeyboardInterrupt"):
+            ok = self.consistent  # False when a second signal cut a step short
+        else:
+            return  # an unexpected error: the state it left is unknown
+        b = self._boundary
+        if not ok or b is None or b["global_step"] != trainer.global_step:
+            return
+        self._use_boundary = True
+        try:
+            self._save_final(trainer)
+        finally:
+            self._use_boundary = False
+
+    def _save_final(self, trainer) -> None:
+        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == 0:
+            return
+        if self._last_global_step_saved == trainer.global_step and self.last_model_path:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        log.info("final checkpoint (step %d): %s", trainer.global_step, self.last_model_path)
+
+    def _snapshot(self, trainer) -> dict:
+        from lightning.pytorch.trainer import call
+
+        data = getattr(trainer.datamodule, "train_dataset", None)
+        return {"global_step": trainer.global_step, "epoch": trainer.current_epoch,
+                "loops": copy.deepcopy(trainer._checkpoint_connector._get_loops_state_dict()),
+                "callbacks": copy.deepcopy(call._call_callbacks_state_dict(trainer)),
+                "data": copy.deepcopy(data.state_dict()) if hasattr(data, "state_dict") else None}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        """When writing the last good state after a stop, put the snapshot's counters and positions in."""
+        if not self._use_boundary:
+            return
+        b = self._boundary
+        checkpoint["loops"] = b["loops"]
+        checkpoint["epoch"] = b["epoch"]
+        own = checkpoint.get("callbacks", {}).get(self.state_key)
+        checkpoint["callbacks"] = {**b["callbacks"], **({self.state_key: own} if own is not None else {})}
+        data = getattr(trainer.datamodule, "train_dataset", None)
+        key = type(trainer.datamodule).__qualname__ if trainer.datamodule is not None else None
+        if b["data"] is not None and key in checkpoint:
+            current = data.state_dict()
+            data.load_state_dict(b["data"])
+            try:
+                checkpoint[key] = trainer.datamodule.state_dict()
+            finally:
+                data.load_state_dict(current)
+
+
+class EmptyEpochGuard(L.Callback):
+    """An epoch that yields no training batch is an error naming the data source, not a reason to start
+    the next one (an empty or exhausted source would otherwise loop through empty epochs forever)."""
+
+    def __init__(self, source: str = "the training data"):
+        self.source = source
+        self._batches = 0
+        self._empty_in_a_row = 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._batches = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._batches += 1
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # Two in a row: a resumed stream may legitimately finish an epoch that had no batch left.
+        self._empty_in_a_row = self._empty_in_a_row + 1 if self._batches == 0 else 0
+        if self._empty_in_a_row >= 2 and not trainer.should_stop:
+            raise DataError(f"{self.source}: training epochs {trainer.current_epoch - 1} and "
+                            f"{trainer.current_epoch} yielded no batch (the source is empty, or every document "
+                            "went to validation); check data.source and data.val_documents")
 
 
 class LogLayerPlan(L.Callback):

@@ -28,9 +28,18 @@ def read_checkpoint(path: Path) -> dict:
                             "DeepSpeed checkpoint directory")
 
 
-def load_training_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
+def stored_dtype(state_dict: dict) -> torch.dtype:
+    """The dtype of a state dict's floating-point weights (the most common one, should they differ)."""
+    from collections import Counter
+
+    counts = Counter(v.dtype for v in state_dict.values() if torch.is_tensor(v) and v.is_floating_point())
+    return counts.most_common(1)[0][0] if counts else torch.float32
+
+
+def load_training_checkpoint(path: str | Path, dtype: torch.dtype | None = torch.float32,
                              attn_implementation: str = "sdpa"):
-    """(model, tokenizer, plan) from a Lightning or DeepSpeed checkpoint written by ``kiwi.train``."""
+    """(model, tokenizer, plan) from a Lightning or DeepSpeed checkpoint written by ``kiwi.train``;
+    ``dtype=None`` keeps the dtype the weights are stored in."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from kiwi.upscale import LayerPlan
@@ -40,6 +49,8 @@ def load_training_checkpoint(path: str | Path, dtype: torch.dtype = torch.float3
     meta = ckpt.get("kiwi")
     if meta is None:
         raise ValueError(f"checkpoint {str(path)!r} was not written by kiwi.train (no 'kiwi' entry)")
+    if dtype is None:
+        dtype = stored_dtype(ckpt["state_dict"])
     hf = dict(meta["hf_config"])
     config = AutoConfig.for_model(hf.pop("model_type"), **hf)
     config._attn_implementation = attn_implementation
@@ -57,3 +68,38 @@ def load_training_checkpoint(path: str | Path, dtype: torch.dtype = torch.float3
     except (OSError, TypeError) as err:
         raise OSError(f"checkpoint {str(path)!r}: cannot load its tokenizer from {tok_dir!r}: {err}") from err
     return model.eval(), tokenizer, LayerPlan.from_dict(meta["plan"])
+
+
+def writes_directories(strategy) -> bool:
+    """Whether ``strategy.save_checkpoint`` writes a directory of files (DeepSpeed; FSDP sharded)."""
+    name = type(strategy).__name__
+    return "DeepSpeed" in name or ("FSDP" in name and getattr(strategy, "_state_dict_type", "") == "sharded")
+
+
+def publish_checkpoint_dirs(strategy, force: bool = False) -> None:
+    """Make ``strategy`` write each checkpoint under a temporary name (the same on every rank) and rename
+    it over the target once every rank has finished, so a crash mid-save leaves the previous checkpoint
+    whole (``kiwi.atomic.publish_dir``). Only for strategies that write directories (Lightning's own file
+    writes are already atomic), or with ``force``."""
+    if not (force or writes_directories(strategy)):
+        return
+    from kiwi.atomic import publish_dir, remove
+
+    save = strategy.save_checkpoint
+
+    def save_atomically(checkpoint, filepath, storage_options=None):
+        out = Path(strategy.broadcast(str(filepath)))
+        tmp = out.with_name(f"{out.name}.tmp-step{checkpoint.get('global_step', 0)}")
+        if strategy.is_global_zero:
+            remove(tmp)
+        strategy.barrier()
+        if storage_options is None:
+            save(checkpoint, tmp)
+        else:
+            save(checkpoint, tmp, storage_options)
+        strategy.barrier()  # every rank's shard is in tmp
+        if strategy.is_global_zero:
+            publish_dir(tmp, out, replace=True)
+        strategy.barrier()
+
+    strategy.save_checkpoint = save_atomically

@@ -1,7 +1,9 @@
 """Hand back a plain Hugging Face model directory (safetensors, config, tokenizer, layer plan).
 
 Also a small command for checkpoints written earlier, Lightning or DeepSpeed:
-    python -m kiwi.train.export CHECKPOINT OUT_DIR
+    python -m kiwi.train.export CHECKPOINT OUT_DIR [--dtype float32|bfloat16|float16]
+The weights keep the checkpoint's dtype (fp32 stays fp32, exactly as the in-run export) unless --dtype
+says otherwise. OUT_DIR is written under a temporary name and renamed in when complete.
 """
 
 from __future__ import annotations
@@ -30,12 +32,19 @@ def write_plan_files(plan, out_dir: str | Path, base_model: str = "base") -> dic
 
 
 def export_hf(model, tokenizer, plan, out_dir: str | Path, base_model: str = "base") -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.kiwi_layer_plan = plan.to_dict()
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    write_plan_files(plan, out, base_model=base_model)
+    """Write the model directory under a temporary sibling name and rename it over ``out_dir`` when complete
+    (an older export there is replaced only then), with the user's umask on every file."""
+    from kiwi.atomic import apply_umask, write_dir_atomically
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        model.config.kiwi_layer_plan = plan.to_dict()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_plan_files(plan, tmp, base_model=base_model)
+        apply_umask(tmp)
+
+    out = write_dir_atomically(write, Path(out_dir))
     log.info("exported Hugging Face model to %s", out)
     return out
 
@@ -44,12 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="Lightning .ckpt file or DeepSpeed checkpoint directory")
     parser.add_argument("out_dir", help="where to write the Hugging Face model directory")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="cast the weights to this dtype (default: keep the checkpoint's dtype)")
     args = parser.parse_args(argv)
     from kiwi.model.build import torch_dtype
     from kiwi.train.checkpoint import load_training_checkpoint
 
-    model, tokenizer, plan = load_training_checkpoint(args.checkpoint, dtype=torch_dtype(args.dtype))
+    dtype = torch_dtype(args.dtype) if args.dtype else None
+    model, tokenizer, plan = load_training_checkpoint(args.checkpoint, dtype=dtype)
     base = getattr(model.config, "kiwi_base_model", None) or "base"
     print(export_hf(model, tokenizer, plan, args.out_dir, base_model=base))
 

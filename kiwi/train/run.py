@@ -11,9 +11,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kiwi.atomic import publish_dir, temp_sibling
 from kiwi.model.build import as_dict, build_model
 from kiwi.train.budget import flops_matched_tokens, make_budget, training_flops
+from kiwi.train.callbacks import CheckpointOnSignal, EmptyEpochGuard, RunInterrupted
+from kiwi.train.checkpoint import publish_checkpoint_dirs
 from kiwi.train.export import export_hf
 from kiwi.train.module import KiwiLM, perplexity
 
@@ -96,6 +97,17 @@ def _val_ppl(trainer: L.Trainer, module: KiwiLM, datamodule) -> float | None:
 
 
 def run(cfg: DictConfig) -> dict:
+    """Train and export; a SIGTERM/SIGINT at any point raises ``RunInterrupted`` (after saving the last
+    completed step as ``last.ckpt`` when there is one)."""
+    stopper = CheckpointOnSignal()  # from the very start: a signal during the model build stops the run too
+    stopper.install()
+    try:
+        return _run(cfg, stopper)
+    finally:
+        stopper.restore()
+
+
+def _run(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
     validate_early(cfg)
     reused = reused_export(cfg)
     if reused is not None:
@@ -112,10 +124,13 @@ def run(cfg: DictConfig) -> dict:
         if hasattr(lg, "_wandb_init") and not lg._wandb_init.get("name"):
             lg._wandb_init["name"] = run_name(cfg)
     history = ValidationHistory()
-    callbacks = [*instantiate_group(cfg.get("callbacks")), history]
+    callbacks = [cb for cb in instantiate_group(cfg.get("callbacks")) if not isinstance(cb, CheckpointOnSignal)]
+    callbacks += [history, stopper, EmptyEpochGuard(f"data source {data_source_name(cfg)}")]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [cb for cb in callbacks if type(cb).__name__ != "LearningRateMonitor"]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    stopper.distributed = trainer.world_size > 1
+    publish_checkpoint_dirs(trainer.strategy)
 
     total_tokens = cfg.budget.total_tokens
     if cfg.budget.get("match_flops_layers"):  # equal-compute control: as many FLOPs as a deeper model's
@@ -140,9 +155,12 @@ def run(cfg: DictConfig) -> dict:
 
     before = _val_ppl(trainer, module, datamodule) if cfg.validate_before and not cfg.get("ckpt_path") else None
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except RunInterrupted:
+        raise stopper.error() from None  # names the checkpoint written while the exception unwound
     fit_wall_s = time.perf_counter() - start
-    interrupted = any(getattr(cb, "interrupted", False) for cb in callbacks)
+    interrupted = stopper.interrupted
     after = None if interrupted or trainer.fast_dev_run else _val_ppl(trainer, module, datamodule)
 
     result = {"val/ppl_before": before, "val/ppl": after, "steps": trainer.global_step,
@@ -163,7 +181,19 @@ def run(cfg: DictConfig) -> dict:
             result["hf_dir"] = str(export_to(module, built, Path(cfg.get("export_dir") or out_dir / "hf_model")))
         print_outputs(out_dir, result)
     finish_loggers(loggers)
+    if interrupted:
+        raise stopper.error()
     return result
+
+
+def data_source_name(cfg: DictConfig) -> str:
+    """The training data as the user named it (files, dataset or corpus), for error messages."""
+    src = cfg.data.get("source") or {}
+    for key in ("files", "path", "name", "dataset"):
+        if src.get(key):
+            value = src.get(key)
+            return f"{key}={list(value) if not isinstance(value, str) else value}"
+    return str(src.get("kind") or src.get("_target_") or "data")
 
 
 def reused_export(cfg: DictConfig) -> dict | None:
@@ -176,16 +206,19 @@ def reused_export(cfg: DictConfig) -> dict | None:
 
 
 def export_to(module: KiwiLM, built, out: Path) -> Path:
-    """Export via a temporary sibling and a rename, so a reader of ``out`` never sees half a model."""
-    tmp = temp_sibling(out)
-    export_hf(module.model, built.tokenizer, built.plan, tmp, base_model=built.base_path)
-    return publish_dir(tmp, out, replace=True)
+    return export_hf(module.model, built.tokenizer, built.plan, out, base_model=built.base_path)
 
 
 def print_outputs(out_dir: Path, result: dict) -> None:
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
     print(f"\nkiwi: outputs in {out_dir}")
-    print(f"  held-out perplexity: before {fmt(result['val/ppl_before'])} -> after {fmt(result['val/ppl'])}")
+    before, after = result["val/ppl_before"], result["val/ppl"]
+    if before is not None and after is not None:
+        print(f"  held-out perplexity: before {fmt(before)} -> after {fmt(after)}")
+    elif after is not None:  # e.g. a resumed run: step 0 was measured by the first run
+        print(f"  held-out perplexity: {fmt(after)} (step {result['steps']})")
+    elif before is not None:
+        print(f"  held-out perplexity before training: {fmt(before)}")
     ckpts = sorted((out_dir / "checkpoints").glob("*.ckpt")) if (out_dir / "checkpoints").exists() else []
     for p in ckpts:
         print(f"  checkpoint: {p}")
