@@ -1,0 +1,108 @@
+"""last.ckpt is the final state of a run (issue 10), the export equals it, and the outputs are what they say."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.test_training_run import _cfg
+
+POISON = "tests.train.callbacks_for_tests.PoisonLossAtBatch"
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+def test_last_ckpt_is_the_final_state_and_equals_the_export(tmp_path, kiwi_cache, caplog, capsys):
+    """max_steps=7 with a checkpoint every 5 steps: last.ckpt is step 7, bit-identical to the in-run export;
+    the export log names the final directory; the exported files get the user's umask."""
+    from safetensors.torch import load_file
+
+    from kiwi.train.run import run
+
+    old_umask = os.umask(0o022)
+    try:
+        with caplog.at_level(logging.INFO, logger="kiwi.train.export"):
+            result = run(_cfg(tmp_path, ["trainer.max_steps=7", "callbacks.model_checkpoint.every_n_train_steps=5",
+                                         "export_hf=true"]))
+    finally:
+        os.umask(old_umask)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 7 == result["steps"]
+    hf_dir = Path(result["hf_dir"])
+    exported = load_file(hf_dir / "model.safetensors")
+    ckpt = _weights(last)
+    assert exported, "the export has weights"
+    for name, value in exported.items():
+        assert torch.equal(value, ckpt[name]), name
+    # the log names the final directory, not the temporary one it was built in
+    lines = [r.getMessage() for r in caplog.records if "exported Hugging Face model" in r.getMessage()]
+    assert lines == [f"exported Hugging Face model to {hf_dir}"]
+    assert (hf_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert not list(hf_dir.parent.glob("hf_model.*")), "no temporary or old export left behind"
+
+
+def test_export_command_keeps_the_checkpoint_dtype(tmp_path, kiwi_cache, capsys):
+    """`python -m kiwi.train.export` writes an fp32 checkpoint as fp32 (exact), unless --dtype says otherwise."""
+    from safetensors.torch import load_file
+
+    from kiwi.train.export import main as export_main
+    from kiwi.train.run import run
+
+    run(_cfg(tmp_path, ["trainer.max_steps=1"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    export_main([str(last), str(tmp_path / "kept")])
+    kept = load_file(tmp_path / "kept" / "model.safetensors")
+    ckpt = _weights(last)
+    assert {v.dtype for v in kept.values()} == {torch.float32}
+    assert all(torch.equal(v, ckpt[k]) for k, v in kept.items())
+    export_main([str(last), str(tmp_path / "bf16"), "--dtype", "bfloat16"])
+    assert {v.dtype for v in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.bfloat16}
+    with pytest.raises(SystemExit):
+        export_main(["--help"])
+    assert "default: keep the checkpoint's dtype" in " ".join(capsys.readouterr().out.split())
+
+
+def test_nonfinite_stop_mid_accumulation_leaves_the_last_good_state(tmp_path, kiwi_cache):
+    """Accumulation 2, the 2nd micro-batch of step 4 is non-finite: last.ckpt is step 3 (no periodic checkpoint
+    was due), finite, and resuming from it reproduces an uninterrupted run exactly (same data position)."""
+    from kiwi.train.module import NonFiniteLossError
+    from kiwi.train.run import run
+
+    common = ["trainer.accumulate_grad_batches=2", "trainer.max_steps=5", "trainer.log_every_n_steps=1",
+              "callbacks.model_checkpoint.every_n_train_steps=100"]
+    straight = tmp_path / "straight"
+    run(_cfg(straight, common))
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(NonFiniteLossError):
+        run(_cfg(stopped, common, {"poison": {"_target_": POISON, "batch": 7}}))
+    last = stopped / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+    resumed = tmp_path / "resumed"
+    run(_cfg(resumed, [*common, f"ckpt_path={last}"]))
+    ref, got = _weights(straight / "checkpoints" / "last.ckpt"), _weights(resumed / "checkpoints" / "last.ckpt")
+    for name, value in ref.items():
+        assert torch.equal(value, got[name]), name
+
+
+def test_outputs_show_only_values_that_exist(tmp_path, kiwi_cache, capsys):
+    """A resumed run has no step-0 perplexity: it prints the one it has, never `None`; nor does debug=fdr."""
+    from kiwi.train.run import run
+
+    run(_cfg(tmp_path / "a", ["trainer.max_steps=1"]))
+    capsys.readouterr()
+    run(_cfg(tmp_path / "b", ["trainer.max_steps=2", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"]))
+    out = capsys.readouterr().out
+    assert "held-out perplexity: " in out and "None" not in out
+    run(_cfg(tmp_path / "c", ["debug=fdr"]))
+    assert "None" not in capsys.readouterr().out
