@@ -94,9 +94,9 @@ def publish_checkpoint_dirs(strategy, force: bool = False) -> None:
             remove(tmp)
         strategy.barrier()
         if storage_options is None:
-            save(checkpoint, tmp)
+            save(checkpoint, str(tmp))
         else:
-            save(checkpoint, tmp, storage_options)
+            save(checkpoint, str(tmp), storage_options)
         strategy.barrier()  # every rank's shard is in tmp
         if strategy.is_global_zero:
             publish_dir(tmp, out, replace=True)

@@ -19,29 +19,35 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in state.items()}
 
 
-def test_last_ckpt_is_the_final_state_and_equals_the_export(tmp_path, kiwi_cache, caplog, capsys):
-    """max_steps=7 with a checkpoint every 5 steps: last.ckpt is step 7, bit-identical to the in-run export;
-    the export log names the final directory; the exported files get the user's umask."""
+def test_last_ckpt_is_the_final_state_and_equals_the_export(tmp_path, kiwi_cache):
+    """max_steps=7 with a checkpoint every 5 steps: last.ckpt is step 7, bit-identical to the in-run export."""
     from safetensors.torch import load_file
 
+    from kiwi.train.run import run
+
+    result = run(_cfg(tmp_path, ["trainer.max_steps=7", "callbacks.model_checkpoint.every_n_train_steps=5",
+                                 "export_hf=true"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 7 == result["steps"]
+    exported = load_file(Path(result["hf_dir"]) / "model.safetensors")
+    ckpt = _weights(last)
+    assert exported, "the export has weights"
+    for name, value in exported.items():
+        assert torch.equal(value, ckpt[name]), name
+
+
+def test_export_names_the_final_directory_and_keeps_the_umask(tmp_path, kiwi_cache, caplog):
+    """The export log names the final directory (not the temporary one it is built in), its files get the
+    user's umask (safetensors alone writes 0600), and nothing temporary is left beside it."""
     from kiwi.train.run import run
 
     old_umask = os.umask(0o022)
     try:
         with caplog.at_level(logging.INFO, logger="kiwi.train.export"):
-            result = run(_cfg(tmp_path, ["trainer.max_steps=7", "callbacks.model_checkpoint.every_n_train_steps=5",
-                                         "export_hf=true"]))
+            result = run(_cfg(tmp_path, ["trainer.max_steps=1", "export_hf=true"]))
     finally:
         os.umask(old_umask)
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 7 == result["steps"]
     hf_dir = Path(result["hf_dir"])
-    exported = load_file(hf_dir / "model.safetensors")
-    ckpt = _weights(last)
-    assert exported, "the export has weights"
-    for name, value in exported.items():
-        assert torch.equal(value, ckpt[name]), name
-    # the log names the final directory, not the temporary one it was built in
     lines = [r.getMessage() for r in caplog.records if "exported Hugging Face model" in r.getMessage()]
     assert lines == [f"exported Hugging Face model to {hf_dir}"]
     assert (hf_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644
