@@ -48,10 +48,19 @@ def accelerator_device(trainer_cfg: DictConfig) -> str:
 
 class ValidationHistory(L.Callback):
     """(optimizer step, held-out ppl) of every validation, exact (float64), for perplexity_report.json:
-    loggers record mid-fit validations one step early and in float32."""
+    loggers record mid-fit validations one step early and in float32. Kept in checkpoints with the step-0
+    value (``before``), so a resumed run reports the whole curve and its starting point."""
 
     def __init__(self) -> None:
         self.points: list[tuple[int, float]] = []
+        self.before: float | None = None
+
+    def state_dict(self) -> dict:
+        return {"points": [list(p) for p in self.points], "before": self.before}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.points = [(int(st), float(ppl)) for st, ppl in state_dict.get("points", [])]
+        self.before = state_dict.get("before")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or pl_module.last_val is None:
@@ -154,6 +163,7 @@ def _run(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
                             "budget": budget.__dict__})
 
     before = _val_ppl(trainer, module, datamodule) if cfg.validate_before and not cfg.get("ckpt_path") else None
+    history.before = before
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -161,6 +171,7 @@ def _run(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
         raise stopper.error() from None  # names the checkpoint written while the exception unwound
     fit_wall_s = time.perf_counter() - start
     interrupted = stopper.interrupted
+    before = history.before  # after a resume: the step-0 value of the run it continues, if measured
     after = None if interrupted or trainer.fast_dev_run else _val_ppl(trainer, module, datamodule)
 
     result = {"val/ppl_before": before, "val/ppl": after, "steps": trainer.global_step,

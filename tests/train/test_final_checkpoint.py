@@ -102,13 +102,21 @@ def test_nonfinite_stop_mid_accumulation_leaves_the_last_good_state(tmp_path, ki
 
 
 def test_outputs_show_only_values_that_exist(tmp_path, kiwi_cache, capsys):
-    """A resumed run has no step-0 perplexity: it prints the one it has, never `None`; nor does debug=fdr."""
+    """A resumed run reports the step-0 perplexity of the run it continues (carried in the checkpoint) and
+    the whole validation curve, never `None`; a run without any (debug=fdr) prints no perplexity line."""
+    import json
+
     from kiwi.train.run import run
 
-    run(_cfg(tmp_path / "a", ["trainer.max_steps=1"]))
+    first = run(_cfg(tmp_path / "a", ["trainer.max_steps=2", "validate_before=true"]))
     capsys.readouterr()
-    run(_cfg(tmp_path / "b", ["trainer.max_steps=2", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"]))
+    run(_cfg(tmp_path / "b", ["trainer.max_steps=3", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"]))
     out = capsys.readouterr().out
-    assert "held-out perplexity: " in out and "None" not in out
+    report = json.loads((tmp_path / "b" / "perplexity_report.json").read_text())
+    assert report["val_ppl_before"] == first["val/ppl_before"] is not None
+    # the curve as the checkpoint knew it (step 0; step 2's final validation came after its save), then step 3
+    assert [p["step"] for p in report["val_curve"]] == [0, 3]
+    assert f"before {first['val/ppl_before']:.3f} -> after " in out and "None" not in out
     run(_cfg(tmp_path / "c", ["debug=fdr"]))
-    assert "None" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "None" not in out and "perplexity" not in out
