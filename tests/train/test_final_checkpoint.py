@@ -119,4 +119,4 @@ def test_outputs_show_only_values_that_exist(tmp_path, kiwi_cache, capsys):
     assert f"before {first['val/ppl_before']:.3f} -> after " in out and "None" not in out
     run(_cfg(tmp_path / "c", ["debug=fdr"]))
     out = capsys.readouterr().out
-    assert "None" not in out and "perplexity" not in out
+    assert "None" not in out and "held-out perplexity" not in out
