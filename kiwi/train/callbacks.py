@@ -191,10 +191,23 @@ class CheckpointOnSignal(L.Callback):
         self._trainer = trainer
         self.install()  # also when used without run()
 
+    def _take_over(self) -> None:
+        """Lightning registers its own SIGTERM handler inside fit/validate (its loops then raise SystemExit,
+        and on several ranks it broadcasts from within the handler); ours replaces it. Lightning's teardown
+        puts back what it found (ours), and ``restore`` the handlers from before the run."""
+        import threading
+
+        if not self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) != self._handler:
+                signal.signal(sig, self._handler)
+
     def on_train_start(self, trainer, pl_module):
-        # Lightning's own SIGTERM handler (registered inside fit) would raise SystemExit(0) mid-loop.
-        self.restore()
-        self.install()
+        self._take_over()
+
+    def on_validation_start(self, trainer, pl_module):
+        self._take_over()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._raise_if_received(trainer, pl_module)
