@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kiwi.errors import ConfigError
+from kiwi.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,10 @@ def run_data_config(checkpoint: str | Path) -> dict | None:
         path = files[-1]
     elif path.suffix != ".ckpt" or not path.is_file():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file; named in one line
+        raise DataError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
     data = ckpt.get(RUN_DATA_KEY) if isinstance(ckpt, Mapping) else None
     if not data:
         return None
