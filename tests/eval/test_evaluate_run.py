@@ -187,3 +187,19 @@ def test_two_exports_with_the_same_basename_both_get_rows(tmp_path, kiwi_cache, 
                        tmp_path / "out2")
     with pytest.raises(ConfigError, match="checkpoints: name 'm' is given to both"):
         run(cfg)
+
+
+def test_two_different_strategies_with_one_name_fail_and_named_ones_get_rows(tmp_path, kiwi_cache):
+    from kiwi.errors import ConfigError
+    from kiwi.eval.run import model_specs
+
+    base = ["model=tiny", "compare_base=true", "model.layer_selection=solar"]
+    same = compose_eval([*base, "strategies=[solar]"], tmp_path)
+    assert [s.name for s in model_specs(same, "cpu")] == ["base", "solar@step0"]  # one model, one row
+    clash = compose_eval([*base, "strategies=[{strategy: solar, n_target: 8, m: 2}]"], tmp_path)
+    with pytest.raises(ConfigError, match="two different models are both named 'solar@step0'"):
+        model_specs(clash, "cpu")
+    named = compose_eval([*base, "strategies=[{name: solar8, strategy: solar, n_target: 8, m: 2}]"], tmp_path)
+    specs = model_specs(named, "cpu")
+    assert [s.name for s in specs] == ["base", "solar@step0", "solar8"]
+    assert "'n_target': 8" in specs[2].source and "name" not in specs[2].source
