@@ -294,7 +294,7 @@ class FileSource(DocumentSource):
                     yield 1, lines
                 return
             if self.sample_by == "wikitext":  # articles, grouped as lm-eval's wikitext pages are
-                decode = lambda raw: raw.rstrip(b"\r\n").decode("utf-8", errors="replace")  # noqa: E731
+                decode = lambda raw: raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
                 for first, lines in wikitext_page_lines(fh, decode):
                     yield first + 1, lines
                 return

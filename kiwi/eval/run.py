@@ -191,7 +191,7 @@ def checkpoint_names(entries: list[tuple[str | None, str]], reserved: Iterable[s
     auto = [i for i, (name, _) in enumerate(entries) if name is None]
     parts = {i: _name_parts(entries[i][1]) for i in auto}
     k = {i: parts[i][1] for i in auto}
-    suffix = lambda i: "/".join(parts[i][0][-k[i]:])  # noqa: E731
+    suffix = lambda i: "/".join(parts[i][0][-k[i]:])
     taken = reserved | set(explicit)
     while True:
         groups: dict[str, list[int]] = {}
