@@ -12,20 +12,19 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiwi.data.wikitext import wikitext_page_lines
+
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
 FORMATS = ("jsonl", "json", "txt", "parquet")
 SAMPLE_BY = ("line", "paragraph", "document", "wikitext")
-# WikiText marks a new article with a top-level heading line " = Title = " (sections use " = = ... = = ").
-_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
 
 
 class DataError(ValueError):
@@ -294,6 +293,11 @@ class FileSource(DocumentSource):
                 if lines:
                     yield 1, lines
                 return
+            if self.sample_by == "wikitext":  # articles, grouped as lm-eval's wikitext pages are
+                decode = lambda raw: raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
+                for first, lines in wikitext_page_lines(fh, decode):
+                    yield first + 1, lines
+                return
             current: list[bytes] = []
             start = 1
             for line_no, raw in enumerate(fh, start=1):
@@ -310,12 +314,6 @@ class FileSource(DocumentSource):
                         yield start, current
                         current = []
                     continue
-                # wikitext: a top-level heading starts a new article.
-                if _WIKITEXT_TITLE.match(raw.rstrip(b"\r\n").decode("utf-8", errors="replace")):
-                    if any(r.strip() for r in current):
-                        yield start, current
-                    current, start = [], line_no
-                current.append(raw)
             if any(r.strip() for r in current):
                 yield start, current
 

@@ -9,12 +9,12 @@ time and freed before the next, so a run never holds two models in memory.
 from __future__ import annotations
 
 import gc
-import itertools
 import json
 import logging
+import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from kiwi.errors import ConfigError, DeviceError
 from kiwi.eval.choice_scoring import score_choices
 from kiwi.eval.encoding import encode_pair, model_max_length, prefix_token_id
+from kiwi.eval.heldout import HeldoutData, heldout_batches, heldout_definitions
 from kiwi.eval.metrics import choice_metrics, choice_records, rolling_metrics, rolling_records
 from kiwi.eval.perplexity import heldout_nll, score_documents
 from kiwi.eval.report import log_to_loggers, markdown_table, write_report
@@ -39,6 +41,7 @@ class ModelSpec:
     name: str
     load: Callable[[], tuple[Any, Any]]  # -> (model, tokenizer)
     source: str
+    checkpoint: str | None = None  # the path or hub id, for entries of ``checkpoints``
 
 
 def _as_dict(node) -> dict:
@@ -53,16 +56,16 @@ def selected_tasks(cfg: DictConfig) -> dict[str, dict]:
     """Task configs named by ``run_tasks``, validated before any model is loaded."""
     names = list(cfg.get("run_tasks") or [])
     if not names:
-        raise ValueError("run_tasks is empty: name at least one task (e.g. run_tasks=[hellaswag])")
+        raise ConfigError("run_tasks is empty: name at least one task (e.g. run_tasks=[hellaswag])")
     available = _as_dict(cfg.get("tasks"))
     out = {}
     for name in names:
         if name not in available:
-            raise ValueError(f"run_tasks: unknown task {name!r}; configured tasks: {sorted(available)}")
+            raise ConfigError(f"run_tasks: unknown task {name!r}; configured tasks: {sorted(available)}")
         task = dict(available[name])
         task.setdefault("name", name)
         if task.get("type") not in TASK_TYPES:
-            raise ValueError(f"tasks.{name}.type must be one of {TASK_TYPES}, got {task.get('type')!r}")
+            raise ConfigError(f"tasks.{name}.type must be one of {TASK_TYPES}, got {task.get('type')!r}")
         if task.get("limit") is None and cfg.get("limit") is not None:
             task["limit"] = cfg.limit
         out[name] = task
@@ -78,7 +81,7 @@ def _strategy_cfg(entry: Any, model_cfg: Mapping) -> dict:
         return dict(entry)
     path = CONF_DIR / "model" / "layer_selection" / f"{entry}.yaml"
     if not path.exists():
-        raise ValueError(f"strategies: unknown strategy {entry!r} (no {path})")
+        raise ConfigError(f"strategies: unknown strategy {entry!r} (no {path})")
     ls = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     current = model_cfg.get("layer_selection") or {}
     for key in ("n_target", "param_budget"):
@@ -88,6 +91,7 @@ def _strategy_cfg(entry: Any, model_cfg: Mapping) -> dict:
 
 
 def model_specs(cfg: DictConfig, device: str) -> list[ModelSpec]:
+    """Every model to evaluate, uniquely named, validated before any of them is loaded."""
     from kiwi.model.build import build_model, load_model
 
     model_cfg = _as_dict(cfg.get("model"))
@@ -95,17 +99,20 @@ def model_specs(cfg: DictConfig, device: str) -> list[ModelSpec]:
         model_cfg["attn_implementation"] = cfg.attn_implementation
     cache_dir = cfg.paths.cache_dir
     specs: list[ModelSpec] = []
-    seen: set[str] = set()
+    built: dict[str, dict] = {}
 
     def add_built(name: str, layer_selection: dict) -> None:
         mc = {**model_cfg, "layer_selection": layer_selection}
-        if name in seen:
-            return
-        seen.add(name)
+        if name in built:
+            if built[name] == layer_selection:  # the same model asked for twice: one row
+                return
+            raise ConfigError(f"strategies: two different models are both named {name!r}; name one, e.g. "
+                              f"strategies=[{{name: {name}-2, strategy: ...}}]")
+        built[name] = layer_selection
 
         def load():
-            built = build_model(mc, cache_dir, device=device)
-            return built.model, built.tokenizer
+            b = build_model(mc, cache_dir, device=device)
+            return b.model, b.tokenizer
 
         specs.append(ModelSpec(name, load, f"{model_cfg.get('base') or 'tiny'} + {layer_selection}"))
 
@@ -116,12 +123,13 @@ def model_specs(cfg: DictConfig, device: str) -> list[ModelSpec]:
         strategy = current.get("strategy", "none")
         add_built("base" if strategy == "none" else f"{strategy}@step0", current)
     for entry in cfg.get("strategies") or []:
-        ls = _strategy_cfg(entry, model_cfg)
-        add_built(f"{ls.get('strategy')}@step0", ls)
-    for entry in cfg.get("checkpoints") or []:
-        path = entry.get("path") if isinstance(entry, Mapping) else str(entry)
         name = entry.get("name") if isinstance(entry, Mapping) else None
-        name = name or _checkpoint_name(path)
+        if isinstance(entry, Mapping):
+            entry = {k: v for k, v in _as_dict(entry).items() if k != "name"}
+        ls = _strategy_cfg(entry, model_cfg)
+        add_built(name or f"{ls.get('strategy')}@step0", ls)
+    entries = [_checkpoint_entry(i, e) for i, e in enumerate(cfg.get("checkpoints") or [])]
+    for (_, path), name in zip(entries, checkpoint_names(entries, reserved=built), strict=True):
 
         def load(path=path):
             model, tokenizer, _ = load_model(
@@ -130,17 +138,89 @@ def model_specs(cfg: DictConfig, device: str) -> list[ModelSpec]:
             )
             return model, tokenizer
 
-        specs.append(ModelSpec(name, load, str(path)))
+        specs.append(ModelSpec(name, load, str(path), checkpoint=str(path)))
     if not specs:
-        raise ValueError("nothing to evaluate: enable evaluate_model / compare_base or list checkpoints")
+        raise ConfigError("nothing to evaluate: enable evaluate_model / compare_base or list checkpoints")
     return specs
 
 
-def _checkpoint_name(path: str) -> str:
-    p = Path(path)
-    if p.suffix == ".ckpt":
-        return f"{p.parent.parent.name}/{p.stem}" if p.parent.name == "checkpoints" else p.stem
-    return p.name or str(path)
+def _checkpoint_entry(i: int, entry: Any) -> tuple[str | None, str]:
+    """(explicit name or None, path) of one ``checkpoints`` entry: a path or ``{name: ..., path: ...}``."""
+    if not isinstance(entry, Mapping):
+        return None, str(entry)
+    entry = _as_dict(entry)
+    unknown = set(entry) - {"name", "path"}
+    if not entry.get("path") or unknown:
+        raise ConfigError(f"checkpoints[{i}]: expected a path or {{name: ..., path: ...}}, got {entry}")
+    return (str(entry["name"]) if entry.get("name") else None), str(entry["path"])
+
+
+def _name_parts(path: str) -> tuple[list[str], int]:
+    """Path components a checkpoint's name is a suffix of, and how many the shortest name has: a Lightning
+    ``<run>/checkpoints/last.ckpt`` is ``<run>/last``; anything else (HF dir, hub id) is its last component."""
+    p = Path(path).expanduser()
+    if p.exists():
+        p = Path(os.path.abspath(p))  # names extend into the real parent directories (no symlink resolution)
+    parts = [x for x in p.parts if x not in (p.anchor, "")] or [str(path)]
+    if p.suffix != ".ckpt":
+        return parts, 1
+    parts[-1] = p.stem
+    if len(parts) > 1 and parts[-2] == "checkpoints":
+        del parts[-2]
+        return parts, min(2, len(parts))
+    return parts, 1
+
+
+def checkpoint_names(entries: list[tuple[str | None, str]], reserved: Iterable[str] = ()) -> list[str]:
+    """A unique name per checkpoint: its explicit name, else the shortest path suffix that no other model
+    shares (``runA/hf_model`` and ``runB/hf_model``; ``<sweep1>/0/last`` and ``<sweep2>/0/last``).
+
+    Two explicit names alike, or an explicit name equal to another model's (``reserved``), is an error, and
+    so is a path listed twice: evaluating it would overwrite one row with the other.
+    """
+    reserved = set(reserved)
+    explicit: dict[str, str] = {}
+    for name, path in entries:
+        if name is None:
+            continue
+        if name in explicit or name in reserved:
+            other = f"checkpoint {explicit[name]!r}" if name in explicit else "a step-0 model"
+            raise ConfigError(f"checkpoints: name {name!r} is given to both {path!r} and {other}; "
+                              "give every model a different name")
+        explicit[name] = path
+    auto = [i for i, (name, _) in enumerate(entries) if name is None]
+    parts = {i: _name_parts(entries[i][1]) for i in auto}
+    k = {i: parts[i][1] for i in auto}
+    suffix = lambda i: "/".join(parts[i][0][-k[i]:])
+    taken = reserved | set(explicit)
+    while True:
+        groups: dict[str, list[int]] = {}
+        for i in auto:
+            groups.setdefault(suffix(i), []).append(i)
+        clashes = [(n, idx) for n, idx in groups.items() if len(idx) > 1 or n in taken]
+        if not clashes:
+            return [name if name is not None else suffix(i) for i, (name, _) in enumerate(entries)]
+        for n, idx in clashes:
+            longer = [i for i in idx if k[i] < len(parts[i][0])]
+            if not longer:
+                paths = [entries[i][1] for i in idx]
+                why = "is listed more than once" if len(idx) > 1 else "would be named like another model"
+                raise ConfigError(f"checkpoints: {paths[0]!r} {why} (name {n!r}); remove the duplicate or "
+                                  "name it: checkpoints=[{name: ..., path: ...}]")
+            for i in longer:
+                k[i] += 1
+
+
+def _sample_stems(names: Iterable[str]) -> dict[str, str]:
+    """File-name stems for the per-model sample files, distinct even where two names sanitise alike."""
+    stems: dict[str, str] = {}
+    for name in names:
+        stem, n = _safe(name), 1
+        while stem in stems.values():
+            n += 1
+            stem = f"{_safe(name)}-{n}"
+        stems[name] = stem
+    return stems
 
 
 def _safe(name: str) -> str:
@@ -151,7 +231,7 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available")
+        raise DeviceError(f"device={name!r} but CUDA is not available; use device=cpu (or device=auto)")
     return name
 
 
@@ -177,19 +257,8 @@ def evaluate_rolling_task(model, tokenizer, docs: list[TextDoc], cfg, desc) -> t
     return rolling_metrics(docs, loglik, n_tokens), rolling_records(docs, loglik, n_tokens)
 
 
-def heldout_batches(cfg: DictConfig, tokenizer, limit: int | None):
-    """The validation batches of the training data config: same documents, packing and labels."""
-    from hydra.utils import instantiate
-
-    if cfg.get("data") is None:
-        raise ValueError("task 'heldout' needs a `data` config (the held-out documents)")
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
-    datamodule.setup("validate")
-    loader = datamodule.val_dataloader()
-    return itertools.islice(loader, limit) if limit else loader
-
-
-def evaluate_model(model, tokenizer, tasks: dict[str, dict], docs: dict, cfg, name: str, samples_dir):
+def evaluate_model(model, tokenizer, tasks: dict[str, dict], docs: dict, cfg, name: str, samples_dir,
+                   sample_stem: str | None = None, heldout: HeldoutData | None = None):
     results: dict[str, dict] = {}
     for task_name, task in tasks.items():
         desc = f"{name}/{task_name}" if cfg.get("progress", True) else None
@@ -200,7 +269,7 @@ def evaluate_model(model, tokenizer, tasks: dict[str, dict], docs: dict, cfg, na
         elif task["type"] == "rolling":
             metrics, records = evaluate_rolling_task(model, tokenizer, docs[task_name], cfg, desc)
         else:
-            nll, n_tok = heldout_nll(model, heldout_batches(cfg, tokenizer, task.get("limit")), cfg.chunk, desc)
+            nll, n_tok = heldout_nll(model, heldout_batches(heldout, tokenizer, task.get("limit")), cfg.chunk, desc)
             metrics = {"ppl": float(torch.tensor(nll / n_tok, dtype=torch.float64).exp()), "nll": nll,
                        "tokens": n_tok}
         seconds = time.perf_counter() - start
@@ -211,7 +280,7 @@ def evaluate_model(model, tokenizer, tasks: dict[str, dict], docs: dict, cfg, na
         results[task_name] = metrics
         log.info("%s / %s: %s", name, task_name, {k: round(v, 4) for k, v in metrics.items()})
         if samples_dir is not None and records:
-            path = samples_dir / f"{_safe(name)}__{task_name}.jsonl"
+            path = samples_dir / f"{sample_stem or _safe(name)}__{task_name}.jsonl"
             with path.open("w", encoding="utf-8") as fh:
                 for rec in records:
                     fh.write(json.dumps(rec) + "\n")
@@ -238,6 +307,8 @@ def run(cfg: DictConfig) -> dict:
         if not isinstance(task_docs[0], kind):
             raise TaskDataError(f"task {name!r}: format {tasks[name]['format']!r} does not fit type "
                                 f"{tasks[name]['type']!r}")
+    heldout = heldout_definitions(cfg, specs) if any(t["type"] == "heldout" for t in tasks.values()) else {}
+    stems = _sample_stems(s.name for s in specs)
     out_dir = output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_dir = out_dir / "samples" if cfg.get("log_samples") else None
@@ -253,17 +324,21 @@ def run(cfg: DictConfig) -> dict:
         except Exception as err:
             raise RuntimeError(f"model {spec.name!r} ({spec.source}) could not be loaded: {err}") from err
         model.to(device).eval()
-        results[spec.name] = evaluate_model(model, tokenizer, tasks, docs, cfg, spec.name, samples_dir)
+        results[spec.name] = evaluate_model(model, tokenizer, tasks, docs, cfg, spec.name, samples_dir,
+                                            stems[spec.name], heldout.get(spec.name))
         del model
         gc.collect()
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
 
     meta = {"models": {s.name: s.source for s in specs}, "tasks": tasks, "device": device,
+            "heldout_data": {name: h.describe() for name, h in heldout.items()},
             "config": OmegaConf.to_container(cfg, resolve=False)}
     paths = write_report(results, out_dir, meta)
     log_to_loggers(loggers, results, paths["chart"])
     finish_loggers(loggers)
     print(f"\nkiwi eval: outputs in {out_dir}\n")
     print(markdown_table(results))
+    for name, held in heldout.items():
+        print(f"heldout for {name}: {held.describe()}")
     return results

@@ -3,7 +3,8 @@
 Scores are only comparable with published lm-eval numbers if the context and choice strings are the same
 character for character, so each task reproduces its lm-eval ``process_docs`` / ``doc_to_text`` /
 ``doc_to_choice`` / ``doc_to_target`` here (zero-shot, target delimiter " "). Rows come from the hub
-dataset lm-eval uses or, offline, from local files in the same schema.
+dataset lm-eval uses or, offline, from local files in the same schema. A bad row is reported with its task,
+file and 1-based line (or row).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kiwi.data.wikitext import wikitext_page_lines
+from kiwi.errors import DataError
 
 TARGET_DELIMITER = " "
 
@@ -38,8 +42,16 @@ class TextDoc:
     original: str
 
 
-class TaskDataError(ValueError):
+class TaskDataError(DataError):
     """A benchmark file or row that cannot be turned into a document."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """A benchmark row and where it came from (``file:line``, ``file: row N`` or the hub split, 1-based)."""
+
+    where: str
+    data: Any
 
 
 # --------------------------------------------------------------------------------------------- hellaswag
@@ -52,59 +64,60 @@ def hellaswag_preprocess(text: str) -> str:
     return text
 
 
-def _field(task: str, index: int, row: Mapping[str, Any], name: str) -> Any:
+# Builders turn one row into a document; their errors say what is wrong with the row, and load_docs
+# prefixes the task and the row's file and line.
+def _field(row: Mapping[str, Any], name: str) -> Any:
     if name not in row or row[name] is None:
-        raise TaskDataError(f"task {task!r}: row {index}: missing field {name!r} (has {sorted(row)})")
+        raise TaskDataError(f"missing field {name!r} (has {sorted(row)})")
     return row[name]
 
 
-def _choice_fields(task: str, index: int, row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    choices = _field(task, index, row, "choices")
+def _choice_fields(row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    choices = _field(row, "choices")
     if not isinstance(choices, Mapping) or "text" not in choices or "label" not in choices:
-        raise TaskDataError(f"task {task!r}: row {index}: field 'choices' must have 'text' and 'label' lists")
+        raise TaskDataError("field 'choices' must have 'text' and 'label' lists")
     texts, labels = list(choices["text"]), list(choices["label"])
     if len(texts) != len(labels) or not texts:
         raise TaskDataError(
-            f"task {task!r}: row {index}: choices.text ({len(texts)}) and choices.label ({len(labels)}) "
-            "must be non-empty and of equal length"
+            f"choices.text ({len(texts)}) and choices.label ({len(labels)}) must be non-empty and of equal length"
         )
     return [str(t) for t in texts], [str(lb) for lb in labels]
 
 
-def _gold_from_key(task: str, index: int, labels: list[str], key: str) -> int:
+def _gold_from_key(labels: list[str], key: str) -> int:
     if key not in labels:
-        raise TaskDataError(f"task {task!r}: row {index}: answerKey {key!r} is not one of the labels {labels}")
+        raise TaskDataError(f"answerKey {key!r} is not one of the labels {labels}")
     return labels.index(key)
 
 
-def hellaswag_doc(task: str, index: int, row: Mapping[str, Any]) -> ChoiceDoc:
-    ctx = _field(task, index, row, "ctx_a") + " " + _field(task, index, row, "ctx_b").capitalize()
-    query = hellaswag_preprocess(_field(task, index, row, "activity_label") + ": " + ctx)
-    endings = _field(task, index, row, "endings")
+def hellaswag_doc(index: int, row: Mapping[str, Any]) -> ChoiceDoc:
+    ctx = _field(row, "ctx_a") + " " + _field(row, "ctx_b").capitalize()
+    query = hellaswag_preprocess(_field(row, "activity_label") + ": " + ctx)
+    endings = _field(row, "endings")
     if not isinstance(endings, Sequence) or isinstance(endings, str) or not endings:
-        raise TaskDataError(f"task {task!r}: row {index}: field 'endings' must be a non-empty list")
+        raise TaskDataError("field 'endings' must be a non-empty list")
     choices = tuple(hellaswag_preprocess(str(e)) for e in endings)
-    label = _field(task, index, row, "label")
+    label = _field(row, "label")
     try:
         gold = int(label)
     except (TypeError, ValueError):
-        raise TaskDataError(f"task {task!r}: row {index}: label {label!r} is not an integer") from None
+        raise TaskDataError(f"label {label!r} is not an integer") from None
     if not 0 <= gold < len(choices):
-        raise TaskDataError(f"task {task!r}: row {index}: label {gold} is outside the {len(choices)} endings")
+        raise TaskDataError(f"label {gold} is outside the {len(choices)} endings")
     return ChoiceDoc(index, query, choices, gold)
 
 
-def arc_doc(task: str, index: int, row: Mapping[str, Any]) -> ChoiceDoc:
-    question = _field(task, index, row, "question")
-    texts, labels = _choice_fields(task, index, row)
-    gold = _gold_from_key(task, index, labels, str(_field(task, index, row, "answerKey")))
+def arc_doc(index: int, row: Mapping[str, Any]) -> ChoiceDoc:
+    question = _field(row, "question")
+    texts, labels = _choice_fields(row)
+    gold = _gold_from_key(labels, str(_field(row, "answerKey")))
     return ChoiceDoc(index, f"Question: {question}\nAnswer:", tuple(texts), gold)
 
 
-def openbookqa_doc(task: str, index: int, row: Mapping[str, Any]) -> ChoiceDoc:
-    stem = _field(task, index, row, "question_stem")
-    texts, labels = _choice_fields(task, index, row)
-    gold = _gold_from_key(task, index, labels, str(_field(task, index, row, "answerKey")).lstrip())
+def openbookqa_doc(index: int, row: Mapping[str, Any]) -> ChoiceDoc:
+    stem = _field(row, "question_stem")
+    texts, labels = _choice_fields(row)
+    gold = _gold_from_key(labels, str(_field(row, "answerKey")).lstrip())
     return ChoiceDoc(index, str(stem), tuple(texts), gold)
 
 
@@ -130,29 +143,14 @@ def wikitext_detokenize(page: str) -> str:
     return s
 
 
-def wikitext_doc(task: str, index: int, row: Mapping[str, Any]) -> TextDoc:
-    page = _field(task, index, row, "page")
+def wikitext_doc(index: int, row: Mapping[str, Any]) -> TextDoc:
+    page = _field(row, "page")
     if not isinstance(page, str):
-        raise TaskDataError(f"task {task!r}: row {index}: field 'page' must be a string")
+        raise TaskDataError("field 'page' must be a string")
     return TextDoc(index, wikitext_detokenize(page), page)
 
 
-_TOP_HEADING = re.compile(r"^ = [^=].* = $")
-
-
-def split_raw_wikitext(text: str) -> list[str]:
-    """Raw WikiText (e.g. ``wiki.valid.raw``) -> pages, split at top-level `` = Title = `` headings the way
-    EleutherAI/wikitext_document_level groups lines (each page keeps its lines' newlines)."""
-    pages: list[list[str]] = []
-    lines = text.splitlines(keepends=True)
-    for line in lines:
-        if _TOP_HEADING.match(line.rstrip("\n")) or not pages:
-            pages.append([])
-        pages[-1].append(line)
-    return ["".join(p) for p in pages if "".join(p).strip()]
-
-
-DOC_BUILDERS: dict[str, Callable[[str, int, Mapping[str, Any]], ChoiceDoc | TextDoc]] = {
+DOC_BUILDERS: dict[str, Callable[[int, Mapping[str, Any]], ChoiceDoc | TextDoc]] = {
     "hellaswag": hellaswag_doc,
     "arc": arc_doc,
     "openbookqa": openbookqa_doc,
@@ -161,12 +159,13 @@ DOC_BUILDERS: dict[str, Callable[[str, int, Mapping[str, Any]], ChoiceDoc | Text
 
 
 # --------------------------------------------------------------------------------------------- loading
-def read_local_rows(task: str, data_files: str | Sequence[str]) -> list[dict[str, Any]]:
-    """Rows from local json / jsonl / parquet files (HF schema), or raw WikiText ``.txt`` / ``.raw``."""
+def read_local_rows(task: str, data_files: str | Sequence[str]) -> list[Row]:
+    """Rows from local json / jsonl / parquet files (HF schema), or raw WikiText ``.txt`` / ``.raw`` (one row
+    per page, as EleutherAI/wikitext_document_level builds them)."""
     files = [data_files] if isinstance(data_files, str | Path) else list(data_files)
     if not files:
         raise TaskDataError(f"task {task!r}: data_files is empty")
-    rows: list[dict[str, Any]] = []
+    rows: list[Row] = []
     for f in files:
         path = Path(f).expanduser()
         if not path.is_file():
@@ -178,34 +177,36 @@ def read_local_rows(task: str, data_files: str | Sequence[str]) -> list[dict[str
                     if not line.strip():
                         continue
                     try:
-                        rows.append(json.loads(line))
+                        rows.append(Row(f"{path}:{n}", json.loads(line)))
                     except json.JSONDecodeError as err:
                         raise TaskDataError(f"task {task!r}: {path}:{n}: invalid JSON ({err.msg})") from None
         elif suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise TaskDataError(f"task {task!r}: {path}:{err.lineno}: invalid JSON ({err.msg})") from None
             if isinstance(data, Mapping) and "data" in data:
                 data = data["data"]
             if not isinstance(data, list):
                 raise TaskDataError(f"task {task!r}: {path}: expected a JSON list of rows")
-            rows.extend(data)
+            rows.extend(Row(f"{path}: row {i}", r) for i, r in enumerate(data, 1))
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            rows.extend(pq.read_table(path).to_pylist())
+            rows.extend(Row(f"{path}: row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist(), 1))
         elif suffix in (".txt", ".raw"):
-            rows.extend({"page": p} for p in split_raw_wikitext(path.read_text(encoding="utf-8")))
+            lines = path.read_text(encoding="utf-8").split("\n")
+            rows.extend(Row(f"{path}:{first + 1}", {"page": "\n".join(page)})
+                        for first, page in wikitext_page_lines(lines))
         else:
             raise TaskDataError(
                 f"task {task!r}: data file {str(path)!r}: unsupported format {suffix!r} "
                 "(use .jsonl, .json, .parquet, or raw WikiText .txt)"
             )
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise TaskDataError(f"task {task!r}: row {i}: expected an object, got {type(row).__name__}")
     return rows
 
 
-def read_hub_rows(task: str, path: str, name: str | None, split: str, limit: int | None) -> list[dict]:
+def read_hub_rows(task: str, path: str, name: str | None, split: str, limit: int | None) -> list[Row]:
     import datasets
 
     try:
@@ -217,7 +218,8 @@ def read_hub_rows(task: str, path: str, name: str | None, split: str, limit: int
         ) from err
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    return [dict(r) for r in ds]
+    where = f"{path}" + (f" ({name})" if name else "") + f" [{split}]"
+    return [Row(f"{where} row {i}", dict(r)) for i, r in enumerate(ds, 1)]
 
 
 def load_docs(task_cfg: Mapping[str, Any], limit: int | None = None) -> list[ChoiceDoc] | list[TextDoc]:
@@ -243,4 +245,12 @@ def load_docs(task_cfg: Mapping[str, Any], limit: int | None = None) -> list[Cho
     if not rows:
         raise TaskDataError(f"task {name!r}: no rows")
     build = DOC_BUILDERS[fmt]
-    return [build(name, i, row) for i, row in enumerate(rows)]
+    docs = []
+    for i, row in enumerate(rows):
+        try:
+            if not isinstance(row.data, Mapping):
+                raise TaskDataError(f"expected an object, got {type(row.data).__name__}")
+            docs.append(build(i, row.data))
+        except TaskDataError as err:
+            raise TaskDataError(f"task {name!r}: {row.where}: {err}") from None
+    return docs

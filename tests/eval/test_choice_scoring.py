@@ -34,9 +34,9 @@ def reference_loglikelihood(model, ctx: list[int], cont: list[int], max_length: 
 
 def _all_fixture_docs():
     return (
-        [hellaswag_doc("hellaswag", i, r) for i, r in enumerate(fixture_rows("hellaswag"))]
-        + [arc_doc("arc", i, r) for i, r in enumerate(fixture_rows("arc_challenge"))]
-        + [openbookqa_doc("obqa", i, r) for i, r in enumerate(fixture_rows("openbookqa"))]
+        [hellaswag_doc(i, r) for i, r in enumerate(fixture_rows("hellaswag"))]
+        + [arc_doc(i, r) for i, r in enumerate(fixture_rows("arc_challenge"))]
+        + [openbookqa_doc(i, r) for i, r in enumerate(fixture_rows("openbookqa"))]
     )
 
 

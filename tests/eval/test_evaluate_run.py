@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -119,3 +120,86 @@ def test_evaluate_py_base_vs_two_strategies_with_heldout(tmp_path, kiwi_cache):
         assert model["heldout"]["ppl"] > 1 and model["heldout"]["tokens"] > 0
     assert (out / "results.md").exists() and (out / "results.csv").exists() and (out / "results.png").exists()
     assert "solar@step0" in proc.stdout
+
+
+def test_checkpoint_names_get_the_shortest_distinguishing_path_suffix():
+    from kiwi.eval.run import checkpoint_names
+
+    def names(paths, reserved=()):
+        return checkpoint_names([(None, p) for p in paths], reserved=reserved)
+
+    assert names(["/x/runA/hf_model", "/x/runB/hf_model", "/x/runB/other"]) == [
+        "runA/hf_model", "runB/hf_model", "other"]
+    sweep = "/logs/multirun/{}/{}/checkpoints/last.ckpt"
+    assert names([sweep.format("day1", 0), sweep.format("day2", 0), sweep.format("day2", 1)]) == [
+        "day1/0/last", "day2/0/last", "1/last"]
+    assert names(["/a/x/m", "/b/x/m", "/c/y/m"]) == ["a/x/m", "b/x/m", "y/m"]
+    assert names(["/r/base"], reserved={"base"}) == ["r/base"]  # never overwrites the base row
+    assert checkpoint_names([("m", "/a/x"), (None, "/b/m")]) == ["m", "b/m"]
+    assert checkpoint_names([("Qwen base", "Qwen/Qwen2.5-0.5B"), (None, "/runs/r1/hf_model")]) == [
+        "Qwen base", "hf_model"]
+
+
+@pytest.mark.parametrize("entries,message", [
+    ([("same", "/a/m1"), ("same", "/b/m2")], "name 'same' is given to both '/b/m2' and checkpoint '/a/m1'"),
+    ([("base", "/a/m1")], "name 'base' is given to both '/a/m1' and a step-0 model"),
+    ([(None, "/a/m1"), (None, "/a/m1")], "'/a/m1' is listed more than once"),
+    ([(None, "/base")], "'/base' would be named like another model"),
+])
+def test_checkpoint_name_clashes_are_config_errors(entries, message):
+    from kiwi.errors import ConfigError
+    from kiwi.eval.run import checkpoint_names
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        checkpoint_names(entries, reserved={"base"})
+
+
+def test_two_exports_with_the_same_basename_both_get_rows(tmp_path, kiwi_cache, eval_tokenizer):
+    """Two runs' exports are both called hf_model: both are evaluated and reported under distinct names,
+    in results.json, the tables and the samples; duplicate explicit names fail before any model loads."""
+    from kiwi.errors import ConfigError
+    from kiwi.eval.run import run
+
+    dirs = []
+    for seed, run_dir in enumerate(("runA", "runB")):
+        d = tmp_path / run_dir / "hf_model"
+        make_tiny_qwen2(len(eval_tokenizer), seed=seed).save_pretrained(d)
+        eval_tokenizer.save_pretrained(d)
+        dirs.append(d)
+    base = ["model=tiny", "compare_base=false", "evaluate_model=false", "run_tasks=[arc_challenge]",
+            "log_samples=true", "progress=false", "max_length=64", *_task_overrides()]
+    out = tmp_path / "out"
+    results = run(compose_eval([*base, f"checkpoints=[{dirs[0]},{dirs[1]}]"], out))
+    assert list(results) == ["runA/hf_model", "runB/hf_model"]
+    assert results["runA/hf_model"]["arc_challenge"] != results["runB/hf_model"]["arc_challenge"]
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["results"]) == ["runA/hf_model", "runB/hf_model"]
+    assert saved["meta"]["models"] == {"runA/hf_model": str(dirs[0]), "runB/hf_model": str(dirs[1])}
+    with (out / "results.csv").open() as fh:
+        assert [r["model"] for r in csv.DictReader(fh)] == ["runA/hf_model", "runB/hf_model"]
+    md = (out / "results.md").read_text()
+    assert "| runA/hf_model |" in md and "| runB/hf_model |" in md
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "runA_hf_model__arc_challenge.jsonl", "runB_hf_model__arc_challenge.jsonl"]
+
+    missing = tmp_path / "never-loaded"
+    cfg = compose_eval([*base, f"checkpoints=[{{name: m, path: '{missing}/1'}},{{name: m, path: '{missing}/2'}}]"],
+                       tmp_path / "out2")
+    with pytest.raises(ConfigError, match="checkpoints: name 'm' is given to both"):
+        run(cfg)
+
+
+def test_two_different_strategies_with_one_name_fail_and_named_ones_get_rows(tmp_path, kiwi_cache):
+    from kiwi.errors import ConfigError
+    from kiwi.eval.run import model_specs
+
+    base = ["model=tiny", "compare_base=true", "model.layer_selection=solar"]
+    same = compose_eval([*base, "strategies=[solar]"], tmp_path)
+    assert [s.name for s in model_specs(same, "cpu")] == ["base", "solar@step0"]  # one model, one row
+    clash = compose_eval([*base, "strategies=[{strategy: solar, n_target: 8, m: 2}]"], tmp_path)
+    with pytest.raises(ConfigError, match="two different models are both named 'solar@step0'"):
+        model_specs(clash, "cpu")
+    named = compose_eval([*base, "strategies=[{name: solar8, strategy: solar, n_target: 8, m: 2}]"], tmp_path)
+    specs = model_specs(named, "cpu")
+    assert [s.name for s in specs] == ["base", "solar@step0", "solar8"]
+    assert "'n_target': 8" in specs[2].source and "name" not in specs[2].source
