@@ -1,8 +1,13 @@
-"""Config helpers shared by the entry points: argv normalisation, resolvers, early validation."""
+"""Config helpers shared by the entry points: argv normalisation, resolvers, error reporting, log routing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -34,3 +39,78 @@ def _register_resolvers() -> None:
 
 _register_resolvers()
 
+
+
+def error_line(err: BaseException) -> str:
+    """The one line a user sees for an anticipated error.
+
+    torch re-raises an error from a DataLoader worker as the same type with the worker's whole formatted
+    traceback as its message ("Caught DataError in DataLoader worker process 0. Original Traceback ...");
+    the original message is what follows the last ``<module>.<Type>: `` of that traceback.
+    """
+    msg = str(err)
+    if msg.startswith("Caught ") and "Original Traceback" in msg:
+        cls = type(err)
+        head = f"{cls.__module__}.{cls.__qualname__}: "
+        if head in msg:
+            msg = msg.rsplit(head, 1)[1]
+    return " ".join(msg.split())
+
+
+def report_errors(task: Callable) -> Callable:
+    """Wrap a Hydra task function: a ``KiwiError`` ends the process with one line on stderr and exit code 1.
+
+    Hydra catches exceptions inside the task function and prints a stripped traceback, so the error is
+    handled here, before Hydra sees it; ``SystemExit`` passes through Hydra in single runs and multiruns
+    alike. ``HYDRA_FULL_ERROR=1`` re-raises it for the full traceback; unexpected exceptions always keep theirs.
+    """
+    from kiwi.errors import KiwiError
+
+    @functools.wraps(task)
+    def wrapped(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except KiwiError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            sys.stdout.flush()
+            print(f"kiwi: error: {error_line(err)}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+            sys.stderr.flush()
+            raise SystemExit(1) from None
+
+    return wrapped
+
+
+def log_through_root() -> None:
+    """Print every library log record once, through the root handlers Hydra configured (console + job log).
+
+    lightning and huggingface_hub attach a console handler to their own logger at import and still
+    propagate to the root, so each of their lines appeared twice; transformers prints through its own
+    handler only, so its lines missed the job log. Imported here first so that no later import re-adds one.
+    """
+    root = logging.getLogger()
+    if not root.handlers:  # not under Hydra's job logging: leave the libraries' defaults alone
+        return
+    import huggingface_hub  # noqa: F401  (importing these two attaches the handlers removed below)
+    import lightning  # noqa: F401
+    import transformers.utils.logging as tf_logging
+
+    tf_logging.disable_default_handler()
+    tf_logging.enable_propagation()
+    for name in ("lightning", "huggingface_hub"):
+        lg = logging.getLogger(name)
+        for handler in [h for h in lg.handlers if type(h) is logging.StreamHandler]:
+            lg.removeHandler(handler)
+        lg.propagate = True
+
+
+class DropTips(logging.Filter):
+    """Drop Lightning's advertisement for its cloud logger ("💡 Tip: ... litlogger"): it asks for no action.
+
+    Attached (conf/hydra/default.yaml) to the one logger that emits it; every other record passes.
+    """
+
+    _TIP = re.compile(r"^\W*Tip:.*litlogger", re.DOTALL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self._TIP.match(str(record.msg))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import Qwen2Config
 
+from kiwi.errors import ConfigError
 from kiwi.train.budget import flops_matched_tokens, training_flops
 from kiwi.train.flops import flops_per_token
 from tests.helpers import compose
@@ -85,5 +86,5 @@ def test_tiny_dus_before_tiny_base_fails_with_a_clear_error(tmp_path, kiwi_cache
 
     cfg = compose("train", ["experiment=tiny_dus", "+study=interleave", f"study.base_dir={tmp_path / 'nope'}"],
                   output_dir=tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match=r"prerequisites\[0\].*nope/config.json.*experiment=tiny_base"):
+    with pytest.raises(ConfigError, match=r"prerequisites\[0\].*nope/config.json.*experiment=tiny_base"):
         run(cfg)
