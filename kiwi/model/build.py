@@ -101,6 +101,8 @@ def hub_error(option: str, name: str, why: str | None, err: Exception):
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if Path(str(name)).expanduser().exists():
         return ConfigError(f"{option}: {name} is not a Hugging Face model directory ({first})")
+    if str(name).startswith(("/", ".", "~")) or str(name).count("/") > 1 or str(name).endswith(".ckpt"):
+        return ConfigError(f"{option}: {name} does not exist (and is not a hub id)")
     if why:
         return HubError(f"{option}: cannot fetch {name!r}: {why} and it is not in the local HF cache; "
                         f"{OFFLINE_MODELS}")
