@@ -30,6 +30,8 @@ def hub_reachable(timeout_s: float = 5.0) -> bool:
     """Whether the hub endpoint accepts a TCP connection (one attempt, cached for the process)."""
     from huggingface_hub import constants
 
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connection proves nothing: leave it to huggingface_hub
     url = urlparse(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
