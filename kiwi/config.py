@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT_DIR / "conf"
@@ -39,6 +39,41 @@ def _register_resolvers() -> None:
 
 _register_resolvers()
 
+
+def validate_trainer(tc: DictConfig) -> None:
+    """The trainer values Lightning would reject only after the model is built, and a GPU trainer on a
+    machine without one (Lightning says only "No supported gpu backend found!")."""
+    import torch
+
+    from kiwi.errors import ConfigError, DeviceError
+
+    def integer(key: str, minimum: int, allowed: tuple = ()) -> None:
+        value = tc.get(key)
+        if value is None or value in allowed:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            extra = f" (or {', '.join(map(str, allowed))})" if allowed else ""
+            raise ConfigError(f"trainer.{key}: expected an integer >= {minimum}{extra}, got {value!r}")
+
+    integer("max_steps", 1, allowed=(-1,))
+    integer("max_epochs", 1, allowed=(-1,))
+    integer("num_nodes", 1)
+    integer("accumulate_grad_batches", 1)
+    integer("log_every_n_steps", 1)
+    integer("num_sanity_val_steps", 0, allowed=(-1,))
+    devices = tc.get("devices")
+    if not (devices in ("auto", -1) or isinstance(devices, (list, ListConfig))
+            or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)):
+        raise ConfigError(f"trainer.devices: expected an integer >= 1, -1, 'auto' or a list of ids, got {devices!r}")
+    vci = tc.get("val_check_interval")
+    if vci is not None and (isinstance(vci, bool) or not isinstance(vci, (int, float)) or vci <= 0):
+        raise ConfigError(f"trainer.val_check_interval: expected a positive number of batches, got {vci!r}")
+    clip = tc.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
+        raise ConfigError(f"trainer.gradient_clip_val: expected a number >= 0 or null, got {clip!r}")
+    if str(tc.get("accelerator", "auto")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise DeviceError("trainer: this trainer needs a CUDA GPU (trainer.accelerator=gpu) and none is available "
+                          "on this machine; use trainer=cpu (e.g. `python train.py experiment=quickstart`)")
 
 
 def error_line(err: BaseException) -> str:
