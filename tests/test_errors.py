@@ -56,7 +56,8 @@ def test_hub_model_offline_is_one_line(tmp_path, kiwi_cache):
 def test_unreachable_hub_is_one_attempt_and_one_line(tmp_path, kiwi_cache):
     """Offline mode not forced, but nothing answers at the hub endpoint (a closed local port): no retries."""
     proc, seconds = _run("train.py", ["trainer=cpu", "logger=none"], kiwi_cache, tmp_path,
-                         HF_HUB_OFFLINE=None, HF_DATASETS_OFFLINE=None, HF_ENDPOINT="http://127.0.0.1:9")
+                         HF_HUB_OFFLINE=None, HF_DATASETS_OFFLINE=None, HF_ENDPOINT="http://127.0.0.1:9",
+                         HTTPS_PROXY=None, https_proxy=None, ALL_PROXY=None, all_proxy=None)
     assert_one_line(proc, "Qwen/Qwen2.5-0.5B", "unreachable", "experiment=quickstart")
     assert "Retry" not in proc.stdout + proc.stderr
     assert seconds < 60  # huggingface_hub's own backoff alone is 23 s, plus transformers' second try
