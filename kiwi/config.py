@@ -108,8 +108,13 @@ def report_errors(task: Callable) -> Callable:
         except KiwiError as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
+            line = f"kiwi: error: {error_line(err)}"
+            record = logging.LogRecord("kiwi", logging.ERROR, __file__, 0, line, None, None)
+            for handler in logging.getLogger().handlers:  # the job's log file keeps the reason too
+                if isinstance(handler, logging.FileHandler):
+                    handler.handle(record)
             sys.stdout.flush()
-            print(f"kiwi: error: {error_line(err)}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+            print(f"{line}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
             sys.stderr.flush()
             raise SystemExit(1) from None
 

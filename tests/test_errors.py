@@ -93,6 +93,7 @@ def test_bad_trainer_value_fails_before_the_model_is_built(tmp_path, kiwi_cache)
                          kiwi_cache, tmp_path)
     assert_one_line(proc, "trainer.max_steps", "-5")
     assert "Layer plan" not in proc.stdout and seconds < 60
+    assert "trainer.max_steps" in (tmp_path / "run" / "quickstart.log").read_text()  # the job log keeps it
 
 
 @pytest.mark.slow
