@@ -6,7 +6,7 @@
 #   bash bench/fetch_gpu_wheels.sh --train  # + hydra-core, omegaconf, antlr4 for train.py runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-/work/venv/bin/python}
+PY=${PYTHON:-python3}   # the Python of your venv (pip download only)
 mkdir -p .whl
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || grep -qx '/.whl/' .gitignore || echo '/.whl/' >> .git/info/exclude
 WHEELS=(transformers==5.24.0 tokenizers==0.23.3 liger-kernel==0.8.5)

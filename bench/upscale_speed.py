@@ -3,7 +3,7 @@
 Each measurement runs in a fresh subprocess so ru_maxrss (peak RSS) belongs to that run alone.
 Target (issue #3): 24 -> 38 layers in < 10 s with peak memory < 3x the source model's size.
 
-    /work/venv/bin/python bench/upscale_speed.py [--dtypes float32 bfloat16] [--strategies interleave solar]
+    python bench/upscale_speed.py [--dtypes float32 bfloat16] [--strategies interleave solar]
 """
 
 from __future__ import annotations

@@ -352,7 +352,17 @@ def load_hub_stream(path: str, name: str | None, split: str, revision: str | Non
     """The one place that contacts the Hugging Face hub: a streaming ``IterableDataset``."""
     import datasets
 
-    return datasets.load_dataset(path, name, split=split, streaming=True, revision=revision)
+    from kiwi.errors import HubError
+    from kiwi.hub import check_hub
+
+    why = check_hub(path)  # one reachability check; unreachable -> offline, so no retries below
+    try:
+        return datasets.load_dataset(path, name, split=split, streaming=True, revision=revision)
+    except OSError as err:  # ConnectionError and file errors: the dataset could not be fetched
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise HubError(f"data.source: cannot stream hub dataset {path!r} ({name}, {split}): {why or first}; "
+                       "offline: data=corpus (the offline docstring corpus) or "
+                       "data=local data.source.files=[path/*.jsonl]") from err
 
 
 class HubSource(DocumentSource):

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from kiwi.errors import ConfigError, DeviceError
+from kiwi.errors import ConfigError, DeviceError, KiwiError
 from kiwi.eval.choice_scoring import score_choices
 from kiwi.eval.encoding import encode_pair, model_max_length, prefix_token_id
 from kiwi.eval.heldout import HeldoutData, heldout_batches, heldout_definitions
@@ -321,6 +321,8 @@ def run(cfg: DictConfig) -> dict:
         log.info("loading %s (%s)", spec.name, spec.source)
         try:
             model, tokenizer = spec.load()
+        except KiwiError as err:  # already says what to do: keep its type, so it prints as one line
+            raise type(err)(f"model {spec.name!r}: {err}") from err
         except Exception as err:
             raise RuntimeError(f"model {spec.name!r} ({spec.source}) could not be loaded: {err}") from err
         model.to(device).eval()

@@ -90,14 +90,35 @@ def resolve_base(model_cfg: Mapping, cache_dir: str | Path) -> str:
     return str(model_cfg["base"])
 
 
+OFFLINE_MODELS = ("offline: model=tiny builds a tiny base locally (`python train.py experiment=quickstart` "
+                  "is the whole offline run), or set model.base=/path/to/a/local/hf_model")
+
+
+def hub_error(option: str, name: str, why: str | None, err: Exception):
+    """The error for a model that could not be fetched: what, why, and the offline way (HubError)."""
+    from kiwi.errors import ConfigError, HubError
+
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if Path(str(name)).expanduser().exists():
+        return ConfigError(f"{option}: {name} is not a Hugging Face model directory ({first})")
+    if str(name).startswith(("/", ".", "~")) or str(name).count("/") > 1 or str(name).endswith(".ckpt"):
+        return ConfigError(f"{option}: {name} does not exist (and is not a hub id)")
+    if why:
+        return HubError(f"{option}: cannot fetch {name!r}: {why} and it is not in the local HF cache; "
+                        f"{OFFLINE_MODELS}")
+    return HubError(f"{option}: cannot load {name!r} from the hub ({first}); check the name, or {OFFLINE_MODELS}")
+
+
 def load_base_config(base: str, revision: str | None = None):
     from transformers import AutoConfig
 
+    from kiwi.hub import check_hub
+
+    why = check_hub(base)  # one reachability check; unreachable -> offline, so no retries below
     try:
         return AutoConfig.from_pretrained(base, revision=revision)
     except OSError as err:
-        raise OSError(f"model.base: cannot load the config of {base!r} ({err}). Is the hub reachable, "
-                      "or is it a local directory with config.json?") from err
+        raise hub_error("model.base", base, why, err) from err
 
 
 def plan_for(model_cfg: Mapping, base_config, scores=None):
@@ -167,6 +188,7 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
     upscaled.config.kiwi_base_model = base  # provenance, saved with checkpoints and exports
     del model
     apply_trainable(upscaled, plan)
+    upscaled.train()  # from_pretrained returns eval mode; training starts from here (eval callers set .eval())
     return BuiltModel(upscaled, tokenizer, plan, base, base_config, measurement)
 
 
@@ -200,12 +222,15 @@ def load_model(path: str | Path, dtype: str = "float32", attn_implementation: st
     p = Path(str(path)).expanduser()
     attn = resolve_attn(attn_implementation, torch.device(device).type)
     if p.is_dir() and (p / "config.json").exists() or not p.exists():
+        from kiwi.hub import check_hub
+
+        why = check_hub(str(path))
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype),
                                                          attn_implementation=attn)
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except OSError as err:
-            raise OSError(f"cannot load model {str(path)!r}: {err}") from err
+            raise hub_error("model", str(path), why, err) from err
         plan_dict = getattr(model.config, "kiwi_layer_plan", None)
         return model, tokenizer, LayerPlan.from_dict(plan_dict) if plan_dict else None
     from kiwi.train.checkpoint import load_training_checkpoint

@@ -45,11 +45,20 @@ class StudyJob:
         return self.variant in (CONTROL_TOKENS, CONTROL_FLOPS)
 
 
+# LLaMA Pro's names in conf/study/: the published setting (identity copies, only they train) is plain
+# `llama_pro`, as `model.layer_selection=llama_pro` gives it; the other two name what differs from it.
+LLAMA_PRO_NAMES = {(True, "new"): "llama_pro", (True, "all"): "llama_pro_all", (False, "all"): "llama_pro_noid"}
+
+
 def variant_label(strategy: str, identity_init: bool, trainable: str, match_flops: bool) -> str:
-    """One name per distinct setting, derived from the resolved config (not from how it was asked for),
-    so `+study=solar_id` and `model.layer_selection=solar model.layer_selection.identity_init=true` agree."""
+    """The ``+study=`` name of a setting (conf/study/<name>.yaml), derived from the resolved config rather
+    than from how it was asked for, so `+study=solar_id` and `model.layer_selection=solar
+    model.layer_selection.identity_init=true` get the same row. Settings no study file has:
+    strategy + `_id` (identity_init) + `_new` (only the copies train)."""
     if strategy == "none":
         return CONTROL_FLOPS if match_flops else CONTROL_TOKENS
+    if strategy == "llama_pro" and (identity_init, trainable) in LLAMA_PRO_NAMES:
+        return LLAMA_PRO_NAMES[identity_init, trainable]
     return strategy + ("_id" if identity_init else "") + ("_new" if trainable == "new" else "")
 
 

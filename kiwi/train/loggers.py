@@ -43,6 +43,9 @@ def wandb_logger(project: str, save_dir: str, name: str | None = None, group: st
 
     mode = resolve_wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, save_dir=save_dir, name=name, group=group,
-                       tags=list(tags) if tags else None, mode=mode, job_type=job_type,
-                       offline=mode == "offline", **kwargs)
+    logger = WandbLogger(project=project, save_dir=save_dir, name=name, group=group,
+                         tags=list(tags) if tags else None, mode=mode, job_type=job_type,
+                         offline=mode == "offline", **kwargs)
+    if logger._wandb_init.get("anonymous") is None:  # Lightning passes anonymous=None, which wandb warns about
+        logger._wandb_init.pop("anonymous")
+    return logger

@@ -71,17 +71,21 @@ class ValidationHistory(L.Callback):
 
 
 def validate_early(cfg: DictConfig) -> None:
-    """Fail on config mistakes before any weights or data are touched."""
+    """Fail on config mistakes before any weights or data are touched (ConfigError / DeviceError)."""
+    from kiwi.config import validate_trainer
+    from kiwi.errors import ConfigError
+
     for key in ("model", "data", "trainer", "optimizer"):
         if cfg.get(key) is None:
-            raise ValueError(f"config: missing group '{key}'")
+            raise ConfigError(f"config: missing group '{key}'")
     if cfg.module.nonfinite_loss not in ("stop", "skip"):
-        raise ValueError(f"module.nonfinite_loss: expected 'stop' or 'skip', got {cfg.module.nonfinite_loss!r}")
+        raise ConfigError(f"module.nonfinite_loss: expected 'stop' or 'skip', got {cfg.module.nonfinite_loss!r}")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).exists():
-        raise FileNotFoundError(f"ckpt_path: {cfg.ckpt_path} does not exist")
+        raise ConfigError(f"ckpt_path: {cfg.ckpt_path} does not exist")
     for i, req in enumerate(cfg.get("prerequisites") or []):
         if not Path(req.path).exists():
-            raise FileNotFoundError(f"prerequisites[{i}]: {req.path} does not exist; {req.get('how', '')}")
+            raise ConfigError(f"prerequisites[{i}]: {req.path} does not exist; {req.get('how', '')}")
+    validate_trainer(cfg.trainer)
 
 
 def write_report(out_dir: Path, before: float | None, after: float | None, extra: dict) -> Path:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from transformers import Qwen2Config
 
+from kiwi.config import CONF_DIR
+from kiwi.errors import ConfigError
+from kiwi.study.jobs import variant_label
 from kiwi.train.budget import flops_matched_tokens, training_flops
 from kiwi.train.flops import flops_per_token
 from tests.helpers import compose
@@ -56,6 +59,13 @@ def test_every_study_variant_composes_with_tiny_dus(variant, kiwi_cache):
     assert cfg.model.base == cfg.study.base_dir and cfg.model.tiny is None
     assert cfg.study.variant == variant and cfg.logger.wandb.group == "tiny_dus"
     assert cfg.budget.get("match_flops_layers") == (8 if variant == "control_flops" else None)
+    # its rows in the study's tables carry the name the user typed
+    assert variant_label(ls.strategy, bool(ls.identity_init), ls.trainable,
+                         bool(cfg.budget.get("match_flops_layers"))) == variant
+
+
+def test_every_study_file_is_covered():
+    assert sorted(VARIANTS) == sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
 
 
 def test_tiny_dus_accepts_layer_selection_style_overrides(kiwi_cache):
@@ -85,5 +95,5 @@ def test_tiny_dus_before_tiny_base_fails_with_a_clear_error(tmp_path, kiwi_cache
 
     cfg = compose("train", ["experiment=tiny_dus", "+study=interleave", f"study.base_dir={tmp_path / 'nope'}"],
                   output_dir=tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match=r"prerequisites\[0\].*nope/config.json.*experiment=tiny_base"):
+    with pytest.raises(ConfigError, match=r"prerequisites\[0\].*nope/config.json.*experiment=tiny_base"):
         run(cfg)

@@ -44,8 +44,10 @@ def sweep(tmp_path) -> Path:
 
 def test_variant_labels_come_from_the_resolved_settings():
     assert variant_label("solar", True, "all", False) == "solar_id"
-    assert variant_label("llama_pro", True, "new", False) == "llama_pro_id_new"
-    assert variant_label("llama_pro", False, "all", False) == "llama_pro"
+    assert variant_label("llama_pro", True, "new", False) == "llama_pro"
+    assert variant_label("llama_pro", True, "all", False) == "llama_pro_all"
+    assert variant_label("llama_pro", False, "all", False) == "llama_pro_noid"
+    assert variant_label("solar", True, "new", False) == "solar_id_new"
     assert variant_label("none", False, "all", False) == "control_tokens"
     assert variant_label("none", False, "all", True) == "control_flops"
 
