@@ -36,8 +36,10 @@ def _corpus(path: Path) -> list[str]:
     return texts
 
 
-def _train(out: Path, corpus: Path, *overrides: str, record: dict | None = None, steps: int = STEPS) -> Path:
-    """``python train.py ...`` on 2 CPU processes; returns the run directory."""
+def _train(out: Path, corpus: Path, *overrides: str, record: dict | None = None, steps: int = STEPS,
+           fails: bool = False) -> Path | str:
+    """``python train.py ...`` on 2 CPU processes; returns the run directory (or, with ``fails``, the
+    output of a run that must fail)."""
     args = ["experiment=quickstart", "data=local", f"data.source.files=['{corpus}']", "data.seq_len=64",
             "data.batch_size=2", f"data.val_documents={VAL_DOCS}", "data.num_workers=0", "data.shuffle_buffer=8",
             "trainer.devices=2", "+trainer.strategy=ddp", f"trainer.max_steps={steps}", "trainer.log_every_n_steps=1",
@@ -50,6 +52,9 @@ def _train(out: Path, corpus: Path, *overrides: str, record: dict | None = None,
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline")
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
+    if fails:
+        assert proc.returncode != 0, "train.py should have failed"
+        return proc.stdout + proc.stderr
     assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return out
 
@@ -160,3 +165,11 @@ def test_nan_on_one_rank_with_skip_keeps_both_ranks_finite_and_identical(tmp_pat
         assert torch.isfinite(w).all(), name
         assert torch.equal(w, r1["weights"][name]), f"{name} differs between ranks"
     assert all(v == v for v in _losses(out).values())
+
+
+def test_nan_on_one_rank_with_stop_stops_every_rank_naming_step_and_rank(tmp_path_factory, corpus):
+    """Both ranks stop together (no rank left waiting in a collective), before the update."""
+    output = _train(tmp_path_factory.mktemp("nan-stop"), corpus[0], "module.nonfinite_loss=stop",
+                    "+callbacks.poison._target_=tests.train.callbacks_for_tests.PoisonLossOnRank",
+                    f"+callbacks.poison.step={NAN_AT}", "+callbacks.poison.rank=1", steps=4, fails=True)
+    assert f"non-finite training loss on rank(s) [1] at global step {NAN_AT}" in output
