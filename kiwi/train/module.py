@@ -90,8 +90,11 @@ class KiwiLM(L.LightningModule):
                     "weight every token of the step equally; kiwi's PackedDataModule provides it, this datamodule "
                     "does not. Use it, add the key, or set trainer.accumulate_grad_batches=1.")
             group = n_tokens
-        # a fresh tensor: the all-reduce below works in place
-        group = torch.as_tensor(group, device=self.device).detach().to(torch.int64).reshape(()).clone()
+        group = torch.as_tensor(group, device=self.device).detach()
+        if group.numel() != 1:
+            raise ValueError(f"batch['{GROUP_TOKENS_KEY}'] must be one count per batch (0-d), got shape "
+                             f"{tuple(group.shape)}")
+        group = group.to(torch.int64).reshape(()).clone()  # a fresh tensor: the all-reduce works in place
         if self.trainer.world_size > 1:
             group = self.trainer.strategy.reduce(group, reduce_op="sum")
         return group
@@ -126,8 +129,8 @@ class KiwiLM(L.LightningModule):
         # one all-reduce: [sum of NLLs, ranks with a non-finite loss, ranks with a non-finite gradient norm]
         stats = torch.zeros(1 + 2 * world, dtype=torch.float64, device=self.device)
         stats[0] = nll.to(stats.device)
-        stats[1 + rank] = float(not torch.isfinite(nll))
-        stats[1 + world + rank] = float(not torch.isfinite(grad_norm))
+        stats[1 + rank] = (~torch.isfinite(nll)).to(stats)
+        stats[1 + world + rank] = (~torch.isfinite(grad_norm)).to(stats)
         if world > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         stats = stats.cpu()  # one device sync per optimizer step
