@@ -181,6 +181,7 @@ def test_nonfinite_step_skip_leaves_weights_and_optimizer_untouched(module, pois
     assert all(torch.isfinite(p).all() for p in final.values())
     opt = trainer.optimizers[0]
     assert {int(opt.state[p]["step"]) for g in opt.param_groups for p in g["params"]} == {2}
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3  # the schedule follows the global step
 
 
 @pytest.mark.parametrize("poison", ["loss", "grad"])
