@@ -15,14 +15,20 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from kiwi.errors import ConfigError, KiwiError
 from kiwi.model.build import BuiltModel, as_dict, build_model
 from kiwi.model.loss import DEFAULT_CHUNK, lm_nll
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+# Set by the datamodule on every training batch: label tokens over this rank's micro-batches of the current
+# optimizer step (int64, 0-d). The loss is normalised by its sum over ranks (``KiwiLM.training_step``).
+GROUP_TOKENS_KEY = "group_label_tokens"
+
+
+class NonFiniteLossError(KiwiError, RuntimeError):
+    """A training step had a non-finite loss or gradient norm (``module.nonfinite_loss=stop``)."""
 
 
 class KiwiLM(L.LightningModule):
@@ -47,7 +53,15 @@ class KiwiLM(L.LightningModule):
         self.importance = built.importance
         self.hparams["plan"] = built.plan.to_dict()
         self.skipped_steps = 0
+        self._step_nll: torch.Tensor | None = None  # this rank's NLL sum over the step's micro-batches
+        self._step_tokens: torch.Tensor | None = None  # label tokens of the step over all ranks
         self.last_val: tuple[int, float] | None = None  # (global step, mean held-out loss)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.nonfinite_loss == "skip" and "DeepSpeed" in type(self.trainer.strategy).__name__:
+            # DeepSpeed steps from its own gradient partitions, out of reach of the skip (which drops p.grad).
+            raise ConfigError("module.nonfinite_loss=skip is not supported with DeepSpeed: its ZeRO optimizer "
+                              "would still apply the step; use module.nonfinite_loss=stop, or trainer=gpu/fsdp")
 
     def configure_model(self) -> None:
         from kiwi.model.checkpointing import apply_activation_checkpointing
@@ -65,32 +79,86 @@ class KiwiLM(L.LightningModule):
         return lm_nll(self.model, batch["input_ids"], batch["labels"], batch.get("position_ids"),
                       chunk=self.hparams.loss_chunk, impl=self.hparams.loss_impl)
 
+    def step_label_tokens(self, batch: Mapping[str, Any], n_tokens: torch.Tensor) -> torch.Tensor:
+        """Label tokens of the whole optimizer step (every micro-batch, every rank): the loss's denominator."""
+        group = batch.get(GROUP_TOKENS_KEY)
+        if group is None:
+            if self.trainer.accumulate_grad_batches > 1:
+                raise ConfigError(
+                    f"trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches} needs training batches "
+                    f"carrying '{GROUP_TOKENS_KEY}' (label tokens of the step's micro-batches on this rank) to "
+                    "weight every token of the step equally; kiwi's PackedDataModule provides it, this datamodule "
+                    "does not. Use it, add the key, or set trainer.accumulate_grad_batches=1.")
+            group = n_tokens
+        group = torch.as_tensor(group, device=self.device).detach()
+        if group.numel() != 1:
+            raise ValueError(f"batch['{GROUP_TOKENS_KEY}'] must be one count per batch (0-d), got shape "
+                             f"{tuple(group.shape)}")
+        group = group.to(torch.int64).reshape(()).clone()  # a fresh tensor: the all-reduce works in place
+        if self.trainer.world_size > 1:
+            group = self.trainer.strategy.reduce(group, reduce_op="sum")
+        return group
+
     def training_step(self, batch, batch_idx):
+        """Loss = sum of this micro-batch's token NLLs x (accumulation x world size) / label tokens of the
+        whole step, so after Lightning's division by the accumulation and DDP's mean over ranks the gradient
+        is that of (sum of NLLs) / (tokens) over the global batch: every token weighs the same."""
         nll, n_tokens = self.nll(batch)
-        loss = nll / n_tokens.clamp_min(1)
-        bad = (~torch.isfinite(loss.detach())).float()
-        if self.trainer.world_size > 1:  # every rank takes the same decision, or the others hang in all-reduce
-            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
-        if bad.item() > 0:
-            if self.hparams.nonfinite_loss == "skip":
-                self.skipped_steps += 1
-                self.log("train/skipped_steps", float(self.skipped_steps))
-                log.warning("non-finite loss at step %d: step skipped (%d so far)", self.global_step,
-                            self.skipped_steps)
-                if self.trainer.world_size == 1:
-                    return None
-                # Multi-device strategies cannot skip a step: a zero loss gives zero gradients everywhere.
-                return loss.nan_to_num(0.0, posinf=0.0, neginf=0.0) * 0.0
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()} on this rank) at global step {self.global_step}, "
-                f"batch {batch_idx}. "
-                "Stopping before any checkpoint of this state is written; lower optimizer.lr, check the data, "
-                "or set module.nonfinite_loss=skip."
-            )
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/ppl", torch.exp(loss.detach()))
-        self.log("train/tokens_in_batch", n_tokens.float(), reduce_fx="sum")
+        tokens = self.step_label_tokens(batch, n_tokens)
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        loss = nll * (scale / tokens.clamp_min(1).to(nll.dtype))
+        nll = nll.detach().double()
+        self._step_nll = nll if self._step_nll is None else self._step_nll + nll
+        self._step_tokens = tokens
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """After the step's last backward (gradients all-reduced), before clipping and the update: decide,
+        on every rank alike, whether the step is finite. A non-finite loss or gradient norm on any rank
+        either stops the run (``stop``) or drops every gradient so the optimizer leaves weights and its
+        state untouched (``skip``: AdamW skips parameters without a gradient, decay and moments included).
+        The LR schedule still advances with the global step."""
+        if self.trainer.fit_loop._should_accumulate():
+            return  # DeepSpeed calls this hook for every micro-batch; the step ends at the last one
+        nll = self._step_nll if self._step_nll is not None else torch.zeros((), dtype=torch.float64)
+        tokens = self._step_tokens if self._step_tokens is not None else torch.zeros((), dtype=torch.int64)
+        self._step_nll = self._step_tokens = None
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        # one all-reduce: [sum of NLLs, ranks with a non-finite loss, ranks with a non-finite gradient norm]
+        stats = torch.zeros(1 + 2 * world, dtype=torch.float64, device=self.device)
+        stats[0] = nll.to(stats.device)
+        stats[1 + rank] = (~torch.isfinite(nll)).to(stats)
+        stats[1 + world + rank] = (~torch.isfinite(grad_norm)).to(stats)
+        if world > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        stats = stats.cpu()  # one device sync per optimizer step
+        bad_loss = [r for r in range(world) if stats[1 + r] > 0]
+        bad_grad = [r for r in range(world) if stats[1 + world + r] > 0]
+        if bad_loss or bad_grad:
+            self._nonfinite_step(optimizer, bad_loss, bad_grad)
+            return
+        loss = (stats[0] / tokens.cpu().clamp_min(1)).float()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", torch.exp(loss))
+        self.log("train/tokens_in_step", tokens.float())
+
+    def _nonfinite_step(self, optimizer, bad_loss: list[int], bad_grad: list[int]) -> None:
+        what = (f"non-finite training loss on rank(s) {bad_loss}" if bad_loss
+                else f"non-finite gradient norm (finite loss) on rank(s) {bad_grad}")
+        where = f"at global step {self.global_step} (epoch {self.current_epoch})"
+        if self.hparams.nonfinite_loss == "stop":
+            log.error("%s %s: stopping before the update", what, where)
+            raise NonFiniteLossError(
+                f"{what} {where}. Stopped before this step's update, so no checkpoint holds a poisoned state; "
+                "lower optimizer.lr, check the data, or set module.nonfinite_loss=skip.")
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        log.warning("%s %s: update skipped on every rank (%d skipped so far)", what, where, self.skipped_steps)
 
     def on_validation_epoch_start(self) -> None:
         self._val_nll = torch.zeros((), dtype=torch.float64, device=self.device)

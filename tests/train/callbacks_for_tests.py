@@ -142,3 +142,75 @@ def slow_data_module(slow_after_rows: int, marker: str, **data_cfg):
             return self._loader(_SlowAfter(self.train_dataset, slow_after_rows, marker), self.batch_size)
 
     return SlowDataModule(**data_cfg)
+
+class PoisonLossOnRank(PoisonLossAtStep):
+    """``PoisonLossAtStep`` on one rank only: the other ranks see a healthy step."""
+
+    def __init__(self, step: int, rank: int):
+        super().__init__(step)
+        self.rank = rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank:
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+
+class InfGradAtStep(L.Callback):
+    """Write inf into one gradient after the backward of a step whose loss is finite (an overflow in
+    backward), on one rank or on all."""
+
+    def __init__(self, step: int, rank: int | None = None):
+        self.step, self.rank, self.done = step, rank, False
+
+    def on_after_backward(self, trainer, pl_module):
+        if self.done or trainer.global_step != self.step or self.rank not in (None, trainer.global_rank):
+            return
+        p = next(p for p in pl_module.parameters() if p.grad is not None)
+        p.grad.view(-1)[0] = float("inf")
+        self.done = True
+
+
+class RecordRank(L.Callback):
+    """Write what this rank trained on and computed to ``<out_dir>/rank<r>.pt`` when training ends: its
+    rows in order, the documents they hold (decoded, split at EOS), its held-out losses, its skipped
+    steps, optionally its final weights, and the weights before / gradients of one optimizer step."""
+
+    def __init__(self, out_dir: str, weights: bool = False, grads_at_step: int | None = None):
+        self.out_dir, self.weights, self.grads_at_step = out_dir, weights, grads_at_step
+        self.rows: list[dict] = []
+        self.val: list[tuple[int, float]] = []
+        self.init = self.grads = None
+
+    @staticmethod
+    def _params(pl_module, grad: bool = False) -> dict:
+        return {n: (p.grad if grad else p).detach().cpu().clone() for n, p in pl_module.named_parameters()
+                if not grad or p.grad is not None}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rows.append({k: v.detach().cpu().clone() for k, v in batch.items() if torch.is_tensor(v)})
+        if trainer.global_step == self.grads_at_step and self.init is None:
+            self.init = self._params(pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.grads_at_step and self.grads is None:
+            self.grads = self._params(pl_module, grad=True)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and pl_module.last_val is not None:
+            self.val.append(pl_module.last_val)
+
+    def on_train_end(self, trainer, pl_module):
+        from pathlib import Path
+
+        tok = pl_module.tokenizer
+        ids = torch.cat([r["input_ids"].reshape(-1) for r in self.rows]) if self.rows else torch.zeros(0)
+        docs, start = [], 0
+        for end in (ids == tok.eos_token_id).nonzero().flatten().tolist():
+            if end > start:  # runs of EOS are the padding of an epoch's last row
+                docs.append(tok.decode(ids[start:end].tolist()))
+            start = end + 1
+        state = {"rows": self.rows, "docs": docs, "val": self.val, "skipped_steps": pl_module.skipped_steps,
+                 "global_step": trainer.global_step, "init": self.init, "grads": self.grads}
+        if self.weights:
+            state["weights"] = self._params(pl_module)
+        torch.save(state, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
