@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from kiwi.data.packed_dataset import STATE_KEY, PackedDataset
+from kiwi.data.packed_dataset import STATE_KEY, PackedDataset, check_documents
 from kiwi.data.sources import build_source
 
 
@@ -69,6 +69,7 @@ class PackedDataModule(L.LightningDataModule):
         self.train_dataset: PackedDataset | None = None
         self.val_dataset: PackedDataset | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._checked: str | None = None  # "held_out" or "train": how much of the source check_documents saw
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -82,8 +83,23 @@ class PackedDataModule(L.LightningDataModule):
         self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
+        if self.train_dataset is None:
+            self._build()
+        self._check(train=stage in (None, "fit"))
+
+    def _check(self, train: bool) -> None:
+        """Fail fast on empty or exhausted data (see ``check_documents``), once per kind; the same answer on
+        every rank, so all ranks stop together. Evaluation (``validate``) only needs the held-out set."""
+        if self._checked == "train" or (self._checked == "held_out" and not train):
             return
+        _, world = self._rank_world()
+        check_documents(
+            self.source, self.val_documents, self.max_documents, n_streams=world * max(1, self.num_workers),
+            world_size=world, train=train,
+        )
+        self._checked = "train" if train else "held_out"
+
+    def _build(self) -> None:
         self.source.prepare()
         rank, world = self._rank_world()
         common = {"source": self.source, "tokenizer": self.tokenizer, "tokenize_batch": self.tokenize_batch}
@@ -122,7 +138,7 @@ class PackedDataModule(L.LightningDataModule):
         return self._loader(self.train_dataset, self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
-        self.setup("fit")
+        self.setup("validate")
         return self._loader(self.val_dataset, self.val_batch_size) if self.val_dataset is not None else []
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from kiwi.data.packing import buffer_shuffle, pack_documents
 from kiwi.data.sources import DocumentSource, FileSource, Selection, SourceStats
+from kiwi.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,71 @@ def as_source(source: Any) -> DocumentSource:
     if isinstance(source, list | tuple) and all(isinstance(s, str) or hasattr(s, "__fspath__") for s in source):
         return FileSource([str(s) for s in source])
     raise TypeError(f"PackedDataset: cannot read documents from a {type(source).__name__}")
+
+
+def usable(text: str | None) -> bool:
+    """A record that becomes a document: not skipped as bad (``None``) and not blank."""
+    return text is not None and bool(text.strip())
+
+
+def check_documents(
+    source: DocumentSource,
+    held_out: int,
+    end: int | None = None,
+    n_streams: int = 1,
+    world_size: int = 1,
+    train: bool = True,
+) -> None:
+    """Fail fast, naming the source and the reason, instead of training on nothing (an endless loop of
+    empty epochs, or a rank that waits forever on the others): an empty source, every record skipped,
+    ``data.val_documents`` >= the number of documents, or a stream (rank x worker) with no training document.
+
+    Reads records in order only until every stream has one training document, so on real data it costs
+    ``held_out + n_streams`` records; it reads everything only when something is wrong. ``train=False``
+    checks just the held-out set (evaluation)."""
+    stats = SourceStats()
+    n_records, n_held_out, covered = 0, 0, set()
+    done = (lambda: n_records >= held_out) if not train else (lambda: len(covered) == n_streams)
+    for index, text in source.records(Selection(stop=end), stats):
+        n_records = index + 1
+        if usable(text):
+            if index < held_out:
+                n_held_out += 1
+            else:
+                covered.add(index % n_streams)
+        elif text is not None:
+            stats.add("empty_documents")
+        if done() and (n_held_out or not held_out):
+            return
+    what = source.describe()
+    skipped = f" (not usable: {dict(stats.counts)})" if stats.counts else ""
+    if n_records == 0:
+        raise DataError(f"data: {what} holds no documents (empty file?); point data.source at a non-empty corpus")
+    if held_out and not n_held_out:
+        raise DataError(
+            f"data: {what}: none of the {min(n_records, held_out)} held-out records (data.val_documents="
+            f"{held_out}) is a usable document{skipped}; fix the data or set data.on_error=raise to see why"
+        )
+    if not train:
+        return
+    if n_records <= held_out:
+        raise DataError(
+            f"data: {what} holds {n_records} documents and data.val_documents={held_out} holds out the first "
+            f"{held_out}: nothing is left to train on; lower data.val_documents or add data"
+        )
+    n_train = n_records - held_out
+    if not covered:
+        raise DataError(
+            f"data: {what}: none of the {n_train} training records is a usable document{skipped}; fix the data "
+            "(data.on_error=raise names the first bad record)"
+        )
+    missing = min(set(range(n_streams)) - covered)
+    workers = n_streams // world_size
+    raise DataError(
+        f"data: {what}: {n_train} training records for {n_streams} streams ({world_size} ranks x {workers} "
+        f"dataloader workers); rank {missing // workers} worker {missing % workers} would get no training "
+        f"document{skipped}; use fewer devices or data.num_workers, or more data"
+    )
 
 
 class PackedDataset(IterableDataset):
@@ -173,7 +239,7 @@ class PackedDataset(IterableDataset):
         for _, text in self.source.records(selection, self.stats):
             if text is None:
                 continue  # a bad record skipped under on_error=skip (already counted)
-            if not text.strip():
+            if not usable(text):
                 self.stats.add("empty_documents")
                 continue
             yield text
@@ -199,12 +265,31 @@ class PackedDataset(IterableDataset):
         if pending is not None:
             yield pending[0], (epoch + 1, 0, 0)
 
+    def _pass_epoch(self, n_streams: int) -> int:
+        """The data epoch of the pass (one iteration) now starting, with ``repeat=False``: the earliest epoch
+        among this rank's streams. A stream already past it finished this pass before a checkpoint and must
+        stay silent until the next pass, as it would have without the interruption."""
+        per_rank = n_streams // self.world_size
+        own = range(self.rank * per_rank, (self.rank + 1) * per_rank)
+        return min(self.positions.get(s, (0, 0, 0))[0] for s in own)
+
+    def _no_documents(self, stream: int, n_streams: int) -> DataError:
+        workers = n_streams // self.world_size
+        skipped = f" (skipped: {dict(self.stats.counts)})" if self.stats.counts else ""
+        return DataError(
+            f"data: {self.source.describe()}: stream {stream} of {n_streams} (rank {stream // workers}, worker "
+            f"{stream % workers}) has no documents{skipped}; check the source is not empty, that "
+            "data.val_documents leaves documents to train on, and use fewer devices or data.num_workers"
+        )
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         stream, n_streams = self._stream_of_this_worker()
         if not self.resume:
             self.positions.clear()
             self.last_stream.clear()
         epoch, doc, offset = self.positions.get(stream, (0, 0, 0))
+        if not self.repeat and epoch > self._pass_epoch(n_streams):
+            return
         while True:
             fresh, produced = doc == 0 and offset == 0, 0
             for row, position in self._rows_with_positions(stream, n_streams, epoch, doc, offset):
@@ -216,13 +301,12 @@ class PackedDataset(IterableDataset):
                     self.n_streams = n_streams
                     self.positions[stream] = position
                 yield sample
+            if fresh and produced == 0:  # an empty epoch would repeat forever (or end every pass at once)
+                raise self._no_documents(stream, n_streams)
             if self.stats.counts:
                 log.info("data stream %d/%d: skipped %s", stream, n_streams, dict(self.stats.counts))
             epoch, doc, offset = epoch + 1, 0, 0
             if not self.emit_state:
                 self.positions[stream] = (epoch, 0, 0)
             if not self.repeat:
-                return
-            if fresh and produced == 0:
-                log.warning("data stream %d/%d has no documents; it yields nothing", stream, n_streams)
                 return

@@ -209,7 +209,8 @@ class FileSource(DocumentSource):
         self.on_error = on_error
 
     def describe(self) -> str:
-        return f"files {[str(p) for p in self.files[:3]]}{'...' if len(self.files) > 3 else ''}"
+        more = f" and {len(self.files) - 3} more files" if len(self.files) > 3 else ""
+        return ", ".join(str(p) for p in self.files[:3]) + more
 
     def records(self, selection: Selection, stats: SourceStats) -> Iterator[tuple[int, str | None]]:
         index = 0
