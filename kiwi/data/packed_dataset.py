@@ -121,6 +121,17 @@ def check_documents(
     )
 
 
+def cut_tokens(docs: Iterator[np.ndarray], max_tokens: int) -> Iterator[np.ndarray]:
+    """The documents' tokens up to ``max_tokens`` in total: the document that crosses the limit is cut
+    there, later ones are not read (so the cost of a held-out set does not depend on document length)."""
+    left = max_tokens
+    for tokens in docs:
+        if left <= 0:
+            return
+        yield tokens[:left]
+        left -= len(tokens)
+
+
 class PackedDataset(IterableDataset):
     """Packed rows of ``seq_len`` tokens: dicts of 1-D LongTensors ``input_ids``, ``position_ids``, ``labels``
     (conventions in ``kiwi.data.packing``).
@@ -145,6 +156,7 @@ class PackedDataset(IterableDataset):
         resume: bool = True,
         emit_state: bool = False,
         tokenize_batch: int = 64,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
         dist_rank, dist_world = _dist_rank_world()
@@ -170,6 +182,12 @@ class PackedDataset(IterableDataset):
         self.resume = resume
         self.emit_state = emit_state
         self.tokenize_batch = int(tokenize_batch)
+        if max_tokens is not None and (max_tokens < 1 or resume or repeat):
+            raise ValueError(
+                f"PackedDataset: max_tokens={max_tokens} needs max_tokens >= 1, resume=False and repeat=False "
+                "(it bounds a held-out set, which is read from its start each time)"
+            )
+        self.max_tokens = max_tokens
         self.stats = SourceStats()
         # Resume state (see module docstring); positions are keyed by global stream id.
         self.n_streams: int | None = None
@@ -252,7 +270,10 @@ class PackedDataset(IterableDataset):
         rng = random.Random(f"kiwi-data:{self.seed}:{epoch}:{stream}")
         texts = buffer_shuffle(self._documents(stream, n_streams, epoch), self.shuffle_buffer, rng)
         texts = itertools.islice(texts, doc, None)  # replay: documents already packed are not tokenized
-        yield from pack_documents(self._tokenized(texts), self.seq_len, self.eos_id, doc=doc, offset=offset)
+        docs = self._tokenized(texts)
+        if self.max_tokens is not None:
+            docs = cut_tokens(docs, self.max_tokens)
+        yield from pack_documents(docs, self.seq_len, self.eos_id, doc=doc, offset=offset)
 
     def _rows_with_positions(self, stream: int, n_streams: int, epoch: int, doc: int, offset: int):
         """Rows of one epoch with the position after each; the last row points at the next epoch (one row
@@ -287,6 +308,11 @@ class PackedDataset(IterableDataset):
         if not self.resume:
             self.positions.clear()
             self.last_stream.clear()
+        if self.max_tokens is not None and n_streams > 1:
+            raise ValueError(
+                f"PackedDataset: max_tokens is a bound on the whole set, read by one stream; this one has {n_streams} "
+                "(load it with num_workers=0 and world_size=1)"
+            )
         epoch, doc, offset = self.positions.get(stream, (0, 0, 0))
         if not self.repeat and epoch > self._pass_epoch(n_streams):
             return

@@ -68,7 +68,7 @@ def _consume(dm: PackedDataModule, n: int) -> list[dict]:
     for batch in itertools.islice(iter(dm.train_dataloader()), n):
         batch = dm.on_before_batch_transfer(batch, 0)
         assert "stream_state" not in batch
-        out.extend({k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"])))
+        out.extend({k: v[i] for k, v in batch.items() if v.dim()} for i in range(len(batch["input_ids"])))
     return out
 
 
