@@ -8,7 +8,8 @@ Groups are ``accumulate`` consecutive batches counted from the first batch of ea
 the last group of an iteration may be shorter. This matches Lightning's accumulation boundaries when an
 iteration starts at an optimizer-step boundary, as every epoch and every resume from a step checkpoint does.
 Only the batch dicts are touched, so the ``stream_state`` tags still reach ``on_before_batch_transfer``
-with the batch that is trained on (exact resume is unaffected by the read-ahead).
+with the batch that is trained on (exact resume is unaffected by the read-ahead). A ``DataError`` raised in
+a worker comes out as the worker's one-line message, not torch's re-wrapped traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 
 import torch
 
+from kiwi.data.packed_dataset import unwrap_worker_error
 from kiwi.data.packing import IGNORE_INDEX
+from kiwi.errors import DataError
 
 GROUP_TOKENS_KEY = "group_label_tokens"
 
@@ -43,7 +46,17 @@ class AccumulationGroups:
         if size < 1:
             raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {size}")
         batches = iter(self.loader)
-        while group := list(itertools.islice(batches, size)):
+        while group := self._next_group(batches, size):
             total = torch.tensor(sum(label_tokens(b) for b in group), dtype=torch.int64)
             for batch in group:
                 yield {**batch, GROUP_TOKENS_KEY: total.clone()}
+
+    @staticmethod
+    def _next_group(batches: Iterator[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+        try:
+            return list(itertools.islice(batches, size))
+        except DataError as error:  # from a worker: keep the one line that names the file and line
+            unwrapped = unwrap_worker_error(error)
+            if unwrapped is error:
+                raise
+            raise unwrapped from None

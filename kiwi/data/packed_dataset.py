@@ -56,6 +56,19 @@ def as_source(source: Any) -> DocumentSource:
     raise TypeError(f"PackedDataset: cannot read documents from a {type(source).__name__}")
 
 
+_WORKER_PREFIX = "Caught DataError in DataLoader worker"
+
+
+def unwrap_worker_error(error: DataError) -> DataError:
+    """The original error of a dataloader worker: torch re-raises it in the main process with the worker's
+    whole traceback as its message, which would bury the one line that names the file and line."""
+    text = str(error)
+    if not text.startswith(_WORKER_PREFIX):
+        return error
+    marker = f"{DataError.__module__}.{DataError.__qualname__}: "
+    return DataError(text.rstrip("\n").rpartition(marker)[2] or text)
+
+
 def usable(text: str | None) -> bool:
     """A record that becomes a document: not skipped as bad (``None``) and not blank."""
     return text is not None and bool(text.strip())

@@ -4,7 +4,8 @@ Every source numbers its records in one fixed global order and hands each (rank,
 records whose index is congruent to the stream id. That keeps "every document exactly once" true for any
 world size and worker count, whatever the number of files or hub shards (``split_dataset_by_node`` only
 splits by shard when the shard count divides the world size). Each stream only parses its own records,
-so a bad record is reported once, by the stream that owns it, with its file and line or row.
+so a bad record is reported once, by the stream that owns it, with its file and line or row (1-based,
+as an editor shows them).
 """
 
 from __future__ import annotations
@@ -283,7 +284,7 @@ class FileSource(DocumentSource):
             if selection.wants(index):
                 yield (
                     index,
-                    self._parse(lambda r=record, i=i: _field(r, self.text_field, f"{path}: record {i}"), stats),
+                    self._parse(lambda r=record, i=i: _field(r, self.text_field, f"{path}: record {i + 1}"), stats),
                 )
             index += 1
         yield index
@@ -307,7 +308,7 @@ class FileSource(DocumentSource):
                     return
                 if selection.wants(index):
 
-                    def make(value=value, row=index - file_start) -> str:
+                    def make(value=value, row=index - file_start + 1) -> str:
                         if not isinstance(value, str):
                             raise DataError(
                                 f"{path}: row {row}: column {self.text_field!r} is a "
@@ -442,7 +443,7 @@ class HubSource(DocumentSource):
                 if selection.done(index):
                     return
                 if selection.wants(index):
-                    yield index, _text_or_none(value, f"{self.describe()}: row {index}: column "
+                    yield index, _text_or_none(value, f"{self.describe()}: row {index + 1}: column "
                                                f"{self.text_field!r}", self.on_error, stats)
                 index += 1
 
@@ -482,4 +483,4 @@ class TextListSource(DocumentSource):
             if selection.done(index):
                 return
             if selection.wants(index):
-                yield index, _text_or_none(value, f"text list: record {index}", self.on_error, stats)
+                yield index, _text_or_none(value, f"text list: texts[{index}]", self.on_error, stats)
