@@ -89,9 +89,10 @@ def check_documents(
     Reads records in order only until every stream has one training document, so on real data it costs
     ``held_out + n_streams`` records; it reads everything only when something is wrong. ``train=False``
     checks just the held-out set (evaluation)."""
+    if not train and not held_out:
+        return
     stats = SourceStats()
     n_records, n_held_out, covered = 0, 0, set()
-    done = (lambda: n_records >= held_out) if not train else (lambda: len(covered) == n_streams)
     for index, text in source.records(Selection(stop=end), stats):
         n_records = index + 1
         if usable(text):
@@ -101,7 +102,7 @@ def check_documents(
                 covered.add(index % n_streams)
         elif text is not None:
             stats.add("empty_documents")
-        if done() and (n_held_out or not held_out):
+        if (n_held_out or not held_out) and (not train or len(covered) == n_streams):
             return
     what = source.describe()
     skipped = f" (not usable: {dict(stats.counts)})" if stats.counts else ""
@@ -151,7 +152,9 @@ class PackedDataset(IterableDataset):
 
     Records with global index in ``[first_document, end_document)`` are used (the datamodule holds out
     the first ``val_documents`` this way). ``repeat=True`` cycles epochs forever (reshuffled per epoch);
-    otherwise one iteration is one epoch, continuing from the current position.
+    otherwise one iteration is one epoch, continuing from the current position. ``max_tokens`` cuts each
+    pass after that many document tokens (a held-out set bounded in tokens; needs ``resume=False``).
+    A stream with no document in a whole epoch raises ``DataError`` rather than yield empty epochs forever.
     """
 
     def __init__(
