@@ -2,7 +2,16 @@
 
 Built by ``hydra.utils.instantiate(cfg.data, tokenizer=tokenizer)``. The first ``val_documents`` records
 of the source are the validation set: never trained on, packed the same way, not shuffled, and every rank
-evaluates all of it (so validation metrics agree across ranks and no rank waits on another).
+evaluates all of it (so validation metrics agree across ranks and no rank waits on another). ``val_tokens``
+cuts it at that many tokens in total, so its cost does not depend on document length; it is read by one
+stream in the main process, so its rows do not depend on ``num_workers`` either.
+
+The constructor arguments (all but the tokenizer) are saved as hyperparameters, so every Lightning
+checkpoint carries the run's data definition under ``datamodule_hyper_parameters``; evaluating a checkpoint's
+held-out set rebuilds it from there.
+
+Training batches also carry ``group_label_tokens`` (label tokens of the batch's gradient-accumulation group
+on this rank, for a token-weighted loss; ``kiwi.data.accumulation``).
 
 Exact resume: training rows carry a ``stream_state`` tag; ``on_before_batch_transfer`` (called by Lightning
 for each batch right before the training step, after prefetching) removes it from the batch and records
@@ -18,8 +27,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from kiwi.data.packed_dataset import STATE_KEY, PackedDataset
+from kiwi.data.accumulation import AccumulationGroups
+from kiwi.data.packed_dataset import STATE_KEY, PackedDataset, check_documents
 from kiwi.data.sources import build_source
+from kiwi.errors import ConfigError
 
 
 class PackedDataModule(L.LightningDataModule):
@@ -33,6 +44,7 @@ class PackedDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         val_documents: int = 0,
+        val_tokens: int | None = None,
         val_seq_len: int | None = None,
         val_batch_size: int | None = None,
         text_field: str = "text",
@@ -43,15 +55,18 @@ class PackedDataModule(L.LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])
         if tokenizer is None:
-            raise ValueError("data: pass tokenizer=... to instantiate the datamodule")
+            raise ConfigError("data: pass tokenizer=... to instantiate the datamodule")
         if batch_size < 1 or num_workers < 0 or val_documents < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"data: need batch_size >= 1, num_workers >= 0, val_documents >= 0 "
                 f"(got {batch_size}, {num_workers}, {val_documents})"
             )
+        if val_tokens is not None and val_tokens < 1:
+            raise ConfigError(f"data.val_tokens must be >= 1 or null (no token bound), got {val_tokens}")
         if max_documents is not None and max_documents <= val_documents:
-            raise ValueError(f"data.max_documents={max_documents} leaves nothing after val_documents={val_documents}")
+            raise ConfigError(f"data.max_documents={max_documents} leaves nothing after val_documents={val_documents}")
         self.tokenizer = tokenizer
         self.source = build_source(text_field=text_field, on_error=on_error, **dict(source))
         self.seq_len = seq_len
@@ -60,6 +75,7 @@ class PackedDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.val_documents = val_documents
+        self.val_tokens = val_tokens
         self.val_seq_len = val_seq_len or seq_len
         self.val_batch_size = val_batch_size or batch_size
         self.max_documents = max_documents
@@ -69,6 +85,7 @@ class PackedDataModule(L.LightningDataModule):
         self.train_dataset: PackedDataset | None = None
         self.val_dataset: PackedDataset | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._checked: str | None = None  # "held_out" or "train": how much of the source check_documents saw
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -82,8 +99,23 @@ class PackedDataModule(L.LightningDataModule):
         self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
+        if self.train_dataset is None:
+            self._build()
+        self._check(train=stage in (None, "fit"))
+
+    def _check(self, train: bool) -> None:
+        """Fail fast on empty or exhausted data (see ``check_documents``), once per kind; the same answer on
+        every rank, so all ranks stop together. Evaluation (``validate``) only needs the held-out set."""
+        if self._checked == "train" or (self._checked == "held_out" and not train):
             return
+        _, world = self._rank_world()
+        check_documents(
+            self.source, self.val_documents, self.max_documents, n_streams=world * max(1, self.num_workers),
+            world_size=world, train=train,
+        )
+        self._checked = "train" if train else "held_out"
+
+    def _build(self) -> None:
         self.source.prepare()
         rank, world = self._rank_world()
         common = {"source": self.source, "tokenizer": self.tokenizer, "tokenize_batch": self.tokenize_batch}
@@ -102,28 +134,36 @@ class PackedDataModule(L.LightningDataModule):
         if self.val_documents:
             self.val_dataset = PackedDataset(
                 seq_len=self.val_seq_len, rank=0, world_size=1, end_document=self.val_documents, resume=False,
-                **common,
+                max_tokens=self.val_tokens, **common,
             )
         if self._pending_state is not None:
             self._load_into_dataset(self._pending_state)
             self._pending_state = None
 
-    def _loader(self, dataset: PackedDataset, batch_size: int) -> DataLoader:
+    def _loader(self, dataset: PackedDataset, batch_size: int, num_workers: int) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            num_workers=self.num_workers,
+            num_workers=num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=False,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> AccumulationGroups:
+        """Training batches, each with ``group_label_tokens`` (see ``kiwi.data.accumulation``)."""
         self.setup("fit")
-        return self._loader(self.train_dataset, self.batch_size)
+        return AccumulationGroups(self._loader(self.train_dataset, self.batch_size, self.num_workers),
+                                  self._accumulate_grad_batches)
+
+    def _accumulate_grad_batches(self) -> int:
+        trainer = self.trainer
+        return int(trainer.accumulate_grad_batches) if trainer is not None else 1
 
     def val_dataloader(self) -> DataLoader | list:
-        self.setup("fit")
-        return self._loader(self.val_dataset, self.val_batch_size) if self.val_dataset is not None else []
+        self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, self.val_batch_size, num_workers=0)  # one stream: see the docstring
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record where the consumed training rows came from and drop the tag from the batch."""

@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from kiwi.data.packing import buffer_shuffle, pack_documents
 from kiwi.data.sources import DocumentSource, FileSource, Selection, SourceStats
+from kiwi.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,105 @@ def as_source(source: Any) -> DocumentSource:
     raise TypeError(f"PackedDataset: cannot read documents from a {type(source).__name__}")
 
 
+_WORKER_PREFIX = "Caught DataError in DataLoader worker"
+
+
+def unwrap_worker_error(error: DataError) -> DataError:
+    """The original error of a dataloader worker: torch re-raises it in the main process with the worker's
+    whole traceback as its message, which would bury the one line that names the file and line."""
+    text = str(error)
+    if not text.startswith(_WORKER_PREFIX):
+        return error
+    marker = f"{DataError.__module__}.{DataError.__qualname__}: "
+    return DataError(text.rstrip("\n").rpartition(marker)[2] or text)
+
+
+def usable(text: str | None) -> bool:
+    """A record that becomes a document: not skipped as bad (``None``) and not blank."""
+    return text is not None and bool(text.strip())
+
+
+def check_documents(
+    source: DocumentSource,
+    held_out: int,
+    end: int | None = None,
+    n_streams: int = 1,
+    world_size: int = 1,
+    train: bool = True,
+) -> None:
+    """Fail fast, naming the source and the reason, instead of training on nothing (an endless loop of
+    empty epochs, or a rank that waits forever on the others): an empty source, every record skipped,
+    ``data.val_documents`` >= the number of documents, or a stream (rank x worker) with no training document.
+
+    Reads records in order only until every stream has one training document, so on real data it costs
+    ``held_out + n_streams`` records; it reads everything only when something is wrong. ``train=False``
+    checks just the held-out set (evaluation)."""
+    if not train and not held_out:
+        return
+    stats = SourceStats()
+    n_records, n_held_out, covered = 0, 0, set()
+    for index, text in source.records(Selection(stop=end), stats):
+        n_records = index + 1
+        if usable(text):
+            if index < held_out:
+                n_held_out += 1
+            else:
+                covered.add(index % n_streams)
+        elif text is not None:
+            stats.add("empty_documents")
+        if (n_held_out or not held_out) and (not train or len(covered) == n_streams):
+            return
+    what = source.describe()
+    skipped = f" (not usable: {dict(stats.counts)})" if stats.counts else ""
+    if n_records == 0:
+        raise DataError(f"data: {what} holds no documents (empty file?); point data.source at a non-empty corpus")
+    if held_out and not n_held_out:
+        raise DataError(
+            f"data: {what}: none of the {min(n_records, held_out)} held-out records (data.val_documents="
+            f"{held_out}) is a usable document{skipped}; fix the data or set data.on_error=raise to see why"
+        )
+    if not train:
+        return
+    if n_records <= held_out:
+        raise DataError(
+            f"data: {what} holds {n_records} documents and data.val_documents={held_out} holds out the first "
+            f"{held_out}: nothing is left to train on; lower data.val_documents or add data"
+        )
+    n_train = n_records - held_out
+    if not covered:
+        raise DataError(
+            f"data: {what}: none of the {n_train} training records is a usable document{skipped}; fix the data "
+            "(data.on_error=raise names the first bad record)"
+        )
+    missing = min(set(range(n_streams)) - covered)
+    workers = n_streams // world_size
+    raise DataError(
+        f"data: {what}: {n_train} training records for {n_streams} streams ({world_size} ranks x {workers} "
+        f"dataloader workers); rank {missing // workers} worker {missing % workers} would get no training "
+        f"document{skipped}; use fewer devices or data.num_workers, or more data"
+    )
+
+
+def cut_tokens(docs: Iterator[np.ndarray], max_tokens: int) -> Iterator[np.ndarray]:
+    """The documents' tokens up to ``max_tokens`` in total: the document that crosses the limit is cut
+    there, later ones are not read (so the cost of a held-out set does not depend on document length)."""
+    left = max_tokens
+    for tokens in docs:
+        if left <= 0:
+            return
+        yield tokens[:left]
+        left -= len(tokens)
+
+
 class PackedDataset(IterableDataset):
     """Packed rows of ``seq_len`` tokens: dicts of 1-D LongTensors ``input_ids``, ``position_ids``, ``labels``
     (conventions in ``kiwi.data.packing``).
 
     Records with global index in ``[first_document, end_document)`` are used (the datamodule holds out
     the first ``val_documents`` this way). ``repeat=True`` cycles epochs forever (reshuffled per epoch);
-    otherwise one iteration is one epoch, continuing from the current position.
+    otherwise one iteration is one epoch, continuing from the current position. ``max_tokens`` cuts each
+    pass after that many document tokens (a held-out set bounded in tokens; needs ``resume=False``).
+    A stream with no document in a whole epoch raises ``DataError`` rather than yield empty epochs forever.
     """
 
     def __init__(
@@ -79,6 +172,7 @@ class PackedDataset(IterableDataset):
         resume: bool = True,
         emit_state: bool = False,
         tokenize_batch: int = 64,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
         dist_rank, dist_world = _dist_rank_world()
@@ -104,6 +198,12 @@ class PackedDataset(IterableDataset):
         self.resume = resume
         self.emit_state = emit_state
         self.tokenize_batch = int(tokenize_batch)
+        if max_tokens is not None and (max_tokens < 1 or resume or repeat):
+            raise ValueError(
+                f"PackedDataset: max_tokens={max_tokens} needs max_tokens >= 1, resume=False and repeat=False "
+                "(it bounds a held-out set, which is read from its start each time)"
+            )
+        self.max_tokens = max_tokens
         self.stats = SourceStats()
         # Resume state (see module docstring); positions are keyed by global stream id.
         self.n_streams: int | None = None
@@ -173,7 +273,7 @@ class PackedDataset(IterableDataset):
         for _, text in self.source.records(selection, self.stats):
             if text is None:
                 continue  # a bad record skipped under on_error=skip (already counted)
-            if not text.strip():
+            if not usable(text):
                 self.stats.add("empty_documents")
                 continue
             yield text
@@ -186,7 +286,10 @@ class PackedDataset(IterableDataset):
         rng = random.Random(f"kiwi-data:{self.seed}:{epoch}:{stream}")
         texts = buffer_shuffle(self._documents(stream, n_streams, epoch), self.shuffle_buffer, rng)
         texts = itertools.islice(texts, doc, None)  # replay: documents already packed are not tokenized
-        yield from pack_documents(self._tokenized(texts), self.seq_len, self.eos_id, doc=doc, offset=offset)
+        docs = self._tokenized(texts)
+        if self.max_tokens is not None:
+            docs = cut_tokens(docs, self.max_tokens)
+        yield from pack_documents(docs, self.seq_len, self.eos_id, doc=doc, offset=offset)
 
     def _rows_with_positions(self, stream: int, n_streams: int, epoch: int, doc: int, offset: int):
         """Rows of one epoch with the position after each; the last row points at the next epoch (one row
@@ -199,12 +302,36 @@ class PackedDataset(IterableDataset):
         if pending is not None:
             yield pending[0], (epoch + 1, 0, 0)
 
+    def _pass_epoch(self, n_streams: int) -> int:
+        """The data epoch of the pass (one iteration) now starting, with ``repeat=False``: the earliest epoch
+        among this rank's streams. A stream already past it finished this pass before a checkpoint and must
+        stay silent until the next pass, as it would have without the interruption."""
+        per_rank = n_streams // self.world_size
+        own = range(self.rank * per_rank, (self.rank + 1) * per_rank)
+        return min(self.positions.get(s, (0, 0, 0))[0] for s in own)
+
+    def _no_documents(self, stream: int, n_streams: int) -> DataError:
+        workers = n_streams // self.world_size
+        skipped = f" (skipped: {dict(self.stats.counts)})" if self.stats.counts else ""
+        return DataError(
+            f"data: {self.source.describe()}: stream {stream} of {n_streams} (rank {stream // workers}, worker "
+            f"{stream % workers}) has no documents{skipped}; check the source is not empty, that "
+            "data.val_documents leaves documents to train on, and use fewer devices or data.num_workers"
+        )
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         stream, n_streams = self._stream_of_this_worker()
         if not self.resume:
             self.positions.clear()
             self.last_stream.clear()
+        if self.max_tokens is not None and n_streams > 1:
+            raise ValueError(
+                f"PackedDataset: max_tokens is a bound on the whole set, read by one stream; this one has {n_streams} "
+                "(load it with num_workers=0 and world_size=1)"
+            )
         epoch, doc, offset = self.positions.get(stream, (0, 0, 0))
+        if not self.repeat and epoch > self._pass_epoch(n_streams):
+            return
         while True:
             fresh, produced = doc == 0 and offset == 0, 0
             for row, position in self._rows_with_positions(stream, n_streams, epoch, doc, offset):
@@ -216,13 +343,12 @@ class PackedDataset(IterableDataset):
                     self.n_streams = n_streams
                     self.positions[stream] = position
                 yield sample
+            if fresh and produced == 0:  # an empty epoch would repeat forever (or end every pass at once)
+                raise self._no_documents(stream, n_streams)
             if self.stats.counts:
                 log.info("data stream %d/%d: skipped %s", stream, n_streams, dict(self.stats.counts))
             epoch, doc, offset = epoch + 1, 0, 0
             if not self.emit_state:
                 self.positions[stream] = (epoch, 0, 0)
             if not self.repeat:
-                return
-            if fresh and produced == 0:
-                log.warning("data stream %d/%d has no documents; it yields nothing", stream, n_streams)
                 return

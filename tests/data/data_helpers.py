@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -105,3 +107,19 @@ def assert_exactly_once(
         assert Counter(got) == Counter(owned), f"stream {stream} did not yield exactly its documents"
         seen.update(got)
     assert seen == Counter(expected_docs.values())
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail (instead of hanging the suite) if the block runs longer than ``seconds`` (main thread, POSIX)."""
+
+    def _expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: an endless loop instead of a clear error")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -80,7 +80,7 @@ def test_parquet_non_string_row_is_named(tmp_path, tokenizer):
 
     path = tmp_path / "docs.parquet"
     pq.write_table(pa.table({"text": ["alpha", None, "beta"]}), path)
-    with pytest.raises(DataError, match=r"docs.parquet: row 1: column 'text' is a NoneType"):
+    with pytest.raises(DataError, match=r"docs.parquet: row 2: column 'text' is a NoneType"):
         _rows(FileSource(str(path)), tokenizer)
     pq.write_table(pa.table({"body": ["alpha"]}), tmp_path / "nocol.parquet")
     with pytest.raises(DataError, match=r"nocol.parquet: no column 'text'"):
@@ -90,7 +90,7 @@ def test_parquet_non_string_row_is_named(tmp_path, tokenizer):
 def test_json_array_record_is_named(tmp_path, tokenizer):
     path = tmp_path / "docs.json"
     path.write_text(json.dumps([{"text": "alpha"}, {"text": ["not", "a", "string"]}]))
-    with pytest.raises(DataError, match=r"docs.json: record 1: field 'text' is a list"):
+    with pytest.raises(DataError, match=r"docs.json: record 2: field 'text' is a list"):
         _rows(FileSource(str(path)), tokenizer)
 
 
@@ -99,3 +99,20 @@ def test_bad_options_are_named():
         TextListSource(["a"], on_error="ignore")
     with pytest.raises(ValueError, match="sample_by"):
         FileSource(__file__, format="txt", sample_by="sentence")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_bad_row_is_one_line_naming_file_and_line(tmp_path, tokenizer, workers):
+    """What a training run reports: the file and 1-based line, as one line, also from a dataloader worker
+    (torch re-raises a worker's error with the worker's traceback as its message)."""
+    from kiwi.data.datamodule import PackedDataModule
+
+    lines = [json.dumps({"text": f"document {i} alpha beta"}).encode() for i in range(12)]
+    lines[8] = json.dumps({"title": "no text here"}).encode()
+    path = _write(tmp_path / "train.jsonl", lines)
+    dm = PackedDataModule(tokenizer, {"kind": "files", "files": [str(path)]}, seq_len=16, num_workers=workers,
+                          val_documents=2)
+    dm.setup("fit")
+    with pytest.raises(DataError) as err:
+        list(dm.train_dataloader())
+    assert str(err.value) == f"{path}:9: record has no field 'text' (fields: ['title'])"

@@ -37,7 +37,7 @@ def _first_batches(dm: PackedDataModule, n: int = 2) -> list[dict]:
     batches = [dm.on_before_batch_transfer(b, 0) for b in itertools.islice(iter(dm.train_dataloader()), n)]
     for batch in batches:
         for i in range(len(batch["input_ids"])):
-            check_row({k: v[i] for k, v in batch.items()}, dm.seq_len, dm.tokenizer.eos_token_id)
+            check_row({k: v[i] for k, v in batch.items() if v.dim()}, dm.seq_len, dm.tokenizer.eos_token_id)
     return batches
 
 

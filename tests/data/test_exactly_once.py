@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kiwi.data import PackedDataset, TextListSource
+from kiwi.data import DataError, PackedDataset, TextListSource
 from tests.data.data_helpers import assert_exactly_once, check_row, make_docs, split_into_files
 
 SEQ = 48
@@ -54,8 +54,16 @@ def test_exactly_once_with_dataloader_workers(tmp_path, tokenizer, world_size, w
 
 
 def test_more_streams_than_documents(tokenizer):
+    """A rank left without documents stops with a clear error (it would otherwise end every epoch at once,
+    or leave the other ranks waiting); the ranks that have documents still get exactly theirs."""
     docs = make_docs(5)
-    rows = _collect_direct(TextListSource(docs), tokenizer, world_size=8)
+    with pytest.raises(DataError, match=r"stream 5 of 8 \(rank 5, worker 0\) has no documents"):
+        _collect_direct(TextListSource(docs), tokenizer, world_size=8)
+    rows: dict[int, list] = defaultdict(list)
+    for rank in range(5):
+        ds = PackedDataset(TextListSource(docs), tokenizer, SEQ, rank=rank, world_size=8, emit_state=True)
+        for sample in ds:
+            rows[int(sample["stream_state"][0])].append(sample)
     assert_exactly_once(rows, docs, tokenizer, n_streams=8)
 
 

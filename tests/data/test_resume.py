@@ -68,7 +68,7 @@ def _consume(dm: PackedDataModule, n: int) -> list[dict]:
     for batch in itertools.islice(iter(dm.train_dataloader()), n):
         batch = dm.on_before_batch_transfer(batch, 0)
         assert "stream_state" not in batch
-        out.extend({k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"])))
+        out.extend({k: v[i] for k, v in batch.items() if v.dim()} for i in range(len(batch["input_ids"])))
     return out
 
 
@@ -105,3 +105,42 @@ def test_resume_with_other_seq_len_is_refused(tmp_path, tokenizer):
     other.setup("fit")
     with pytest.raises(ValueError, match="seq_len"):
         other.load_state_dict(dm.state_dict())
+
+
+def _batches(dm: PackedDataModule, limit: int | None = None) -> list[dict]:
+    """One pass over the train loader (a Lightning epoch), or its first ``limit`` batches, consumed as
+    Lightning does."""
+    out = []
+    for batch in itertools.islice(iter(dm.train_dataloader()), limit):
+        out.append(dm.on_before_batch_transfer(batch, 0))
+    return out
+
+
+def _same_batches(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b, strict=True))
+
+
+def test_resume_is_exact_at_every_stop_around_the_end_of_an_epoch(tmp_path, tokenizer):
+    """repeat=false, 2 workers: a stream that finished its epoch before the stop stays silent for the rest of
+    that epoch after a restore (it used to start its next epoch inside the current one)."""
+    files = split_into_files(tmp_path, make_docs(56, seed=6), n_files=2)
+    kw = {"repeat": False}
+    dm = _datamodule(tokenizer, files, 2, **kw)
+    epochs = [_batches(dm), _batches(dm)]
+    n = len(epochs[0])
+    assert 15 < n < 40 and len(epochs[1]) == n
+    for stop in range(n - 4, n + 2):
+        first = _datamodule(tokenizer, files, 2, **kw)
+        head = _batches(first, stop) if stop <= n else _batches(first) + _batches(first, stop - n)
+        second = _datamodule(tokenizer, files, 2, setup=False, **kw)
+        second.load_state_dict(first.state_dict())
+        second.setup("fit")
+        rest_of_epoch = _batches(second)
+        if stop < n:
+            assert _same_batches(head + rest_of_epoch, epochs[0]), f"stop after batch {stop} of {n}"
+            rest_of_epoch += _batches(second)
+        got = head + rest_of_epoch
+        if stop <= n:
+            assert _same_batches(got, epochs[0] + epochs[1]), f"stop after batch {stop} of {n}"
+        else:
+            assert _same_batches(got, epochs[0] + epochs[1][: len(got) - n]) and len(got) == 2 * n, stop
