@@ -15,16 +15,12 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from kiwi.data.accumulation import GROUP_TOKENS_KEY
 from kiwi.errors import ConfigError, KiwiError
 from kiwi.model.build import BuiltModel, as_dict, build_model
 from kiwi.model.loss import DEFAULT_CHUNK, lm_nll
 
 log = logging.getLogger(__name__)
-
-
-# Set by the datamodule on every training batch: label tokens over this rank's micro-batches of the current
-# optimizer step (int64, 0-d). The loss is normalised by its sum over ranks (``KiwiLM.training_step``).
-GROUP_TOKENS_KEY = "group_label_tokens"
 
 
 class NonFiniteLossError(KiwiError, RuntimeError):
