@@ -19,16 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from kiwi.model.loss import token_logprobs
+from kiwi.model.loss import auto_chunk, token_logprobs
 
 TREE_MASK_ATTENTION = ("sdpa", "eager")
-# fp32 logits elements per lm_head chunk (128 MiB): at Qwen's 151,936-token vocabulary a 4096-position
-# chunk would allocate 2.5 GB per step, and page faults then cost more than the matmul.
-LOGITS_PER_CHUNK = 1 << 25
-
-
-def auto_chunk(weight: torch.Tensor, chunk: int | None) -> int:
-    return int(chunk) if chunk else max(16, LOGITS_PER_CHUNK // weight.shape[0])
 
 
 @dataclass

@@ -31,6 +31,7 @@ import numpy as np
 
 from kiwi.eval.choice_scoring import ChoiceScores
 from kiwi.eval.tasks import ChoiceDoc, TextDoc
+from kiwi.model.loss import perplexity
 
 
 def sample_stderr(values: Sequence[float]) -> float:
@@ -61,14 +62,14 @@ def choice_metrics(docs: Sequence[ChoiceDoc], scores: Sequence[ChoiceScores]) ->
         if with_text:
             text_lp += g_lp + s.prefix_logprob[doc.gold]
             text_tok += g_n + s.prefix_tokens[doc.gold]
-        per_example_ppl.append(math.exp(-g_lp / g_n))
+        per_example_ppl.append(perplexity(-g_lp / g_n))
     metrics = {
         "acc": float(np.mean(acc)),
         "acc_stderr": sample_stderr(acc),
         "acc_norm": float(np.mean(acc_norm)),
         "acc_norm_stderr": sample_stderr(acc_norm),
-        "ppl_gold": math.exp(-gold_lp / gold_tok),
-        "ppl_text": math.exp(-text_lp / text_tok) if with_text else None,
+        "ppl_gold": perplexity(-gold_lp / gold_tok),
+        "ppl_text": perplexity(-text_lp / text_tok) if with_text else None,
         "ppl_gold_mean": float(np.mean(per_example_ppl)),
         "n": len(docs),
     }
@@ -112,10 +113,10 @@ def rolling_metrics(docs: Sequence[TextDoc], loglikelihoods: Sequence[float], n_
     words = sum(count_words(d.original) for d in docs)
     n_bytes = sum(count_bytes(d.original) for d in docs)
     return {
-        "word_perplexity": math.exp(-ll / words),
-        "byte_perplexity": math.exp(-ll / n_bytes),
+        "word_perplexity": perplexity(-ll / words),
+        "byte_perplexity": perplexity(-ll / n_bytes),
         "bits_per_byte": -ll / n_bytes / math.log(2),
-        "token_perplexity": math.exp(-ll / sum(n_tokens)),
+        "token_perplexity": perplexity(-ll / sum(n_tokens)),
         "n": len(docs),
     }
 

@@ -8,10 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from kiwi.eval.choice_scoring import auto_chunk
 from kiwi.eval.encoding import encode, rolling_windows
 from kiwi.eval.tasks import TextDoc
-from kiwi.model.loss import lm_nll, token_logprobs
+from kiwi.model.loss import auto_chunk, lm_nll, token_logprobs
 
 
 @torch.no_grad()

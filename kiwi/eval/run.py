@@ -92,7 +92,8 @@ def _strategy_cfg(entry: Any, model_cfg: Mapping) -> dict:
 
 def model_specs(cfg: DictConfig, device: str) -> list[ModelSpec]:
     """Every model to evaluate, uniquely named, validated before any of them is loaded."""
-    from kiwi.model.build import build_model, load_model
+    from kiwi.model.build import build_model
+    from kiwi.model.io import load_model
 
     model_cfg = _as_dict(cfg.get("model"))
     if model_cfg:

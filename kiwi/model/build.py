@@ -6,7 +6,6 @@ step 0 and a training checkpoint are loaded the same way.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -16,8 +15,15 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from kiwi.atomic import publish_dir, temp_sibling
+from kiwi.data.corpus import build_corpus_file
+from kiwi.errors import ConfigError, HubError
+from kiwi.hub import check_hub
+from kiwi.model.attention import resolve_attn_implementation
+from kiwi.model.tiny import build_tiny_base
+from kiwi.upscale import apply_trainable, plan_from_config, upscale
+from kiwi.upscale.importance import measure_layers
 
 log = logging.getLogger(__name__)
 
@@ -51,37 +57,6 @@ def torch_dtype(name: str | torch.dtype) -> torch.dtype:
     return _DTYPES[name]
 
 
-def build_tiny_base(tiny: Mapping, cache_dir: str | Path) -> Path:
-    """A random-init Qwen2 with an offline tokenizer, saved once as an HF directory and reused."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    from kiwi.data.corpus import build_corpus_file
-    from kiwi.data.tokenizer import build_offline_tokenizer
-
-    tiny = dict(tiny)
-    packages = tuple(tiny.pop("corpus_packages", ("stdlib",)))
-    seed = int(tiny.pop("seed", 0))
-    vocab_size = int(tiny.pop("vocab_size", 8192))
-    key = hashlib.sha256(json.dumps([sorted(tiny.items()), packages, seed, vocab_size]).encode()).hexdigest()[:12]
-    out = Path(cache_dir).expanduser() / f"tiny-base-{key}"
-    if (out / "config.json").exists():
-        return out
-    corpus = build_corpus_file(Path(cache_dir).expanduser(), packages)
-    tok_dir = build_offline_tokenizer(corpus, vocab_size, Path(cache_dir).expanduser())
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    try:
-        config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, **tiny)
-    except TypeError as err:
-        raise ValueError(f"model.tiny: {err}") from err
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    tmp = temp_sibling(out)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    return publish_dir(tmp, out)
-
-
 def resolve_base(model_cfg: Mapping, cache_dir: str | Path) -> str:
     if model_cfg.get("tiny"):
         return str(build_tiny_base(model_cfg["tiny"], cache_dir))
@@ -96,8 +71,6 @@ OFFLINE_MODELS = ("offline: model=tiny builds a tiny base locally (`python train
 
 def hub_error(option: str, name: str, why: str | None, err: Exception):
     """The error for a model that could not be fetched: what, why, and the offline way (HubError)."""
-    from kiwi.errors import ConfigError, HubError
-
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if Path(str(name)).expanduser().exists():
         return ConfigError(f"{option}: {name} is not a Hugging Face model directory ({first})")
@@ -110,10 +83,6 @@ def hub_error(option: str, name: str, why: str | None, err: Exception):
 
 
 def load_base_config(base: str, revision: str | None = None):
-    from transformers import AutoConfig
-
-    from kiwi.hub import check_hub
-
     why = check_hub(base)  # one reachability check; unreachable -> offline, so no retries below
     try:
         return AutoConfig.from_pretrained(base, revision=revision)
@@ -123,8 +92,6 @@ def load_base_config(base: str, revision: str | None = None):
 
 def plan_for(model_cfg: Mapping, base_config, scores=None):
     """Validate the layer selection against the base config (no weights needed, except importance scores)."""
-    from kiwi.upscale import plan_from_config
-
     ls = as_dict(model_cfg.get("layer_selection")) or {"strategy": "none"}
     return plan_from_config(ls, base_config.num_hidden_layers, scores=scores, model_config=base_config)
 
@@ -148,8 +115,6 @@ def calibration_batches(tokenizer, texts: Iterable[str], n_docs: int, seq_len: i
 
 
 def default_calibration_texts(cache_dir: str | Path) -> Iterable[str]:
-    from kiwi.data.corpus import build_corpus_file
-
     path = build_corpus_file(Path(cache_dir).expanduser(), ("stdlib",))
     with path.open(encoding="utf-8") as fh:
         for line in fh:
@@ -164,10 +129,6 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
     The plan is validated from the base config before any weights are read, so a bad strategy option
     fails in seconds even for a hub model. A given ``plan`` (e.g. stored in a checkpoint) is used as is.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kiwi.upscale import apply_trainable, upscale
-
     model_cfg = as_dict(model_cfg)
     base = resolve_base(model_cfg, cache_dir)
     base_config = load_base_config(base, model_cfg.get("revision"))
@@ -194,8 +155,6 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
 
 def score_and_plan(model, tokenizer, model_cfg, base_config, cache_dir, calibration_texts):
     """Measure per-layer importance on calibration text, then plan from the scores."""
-    from kiwi.upscale.importance import measure_layers
-
     ls = as_dict(model_cfg.get("layer_selection"))
     cal = ls.get("calibration", {}) or {}
     texts = calibration_texts if calibration_texts is not None else default_calibration_texts(cache_dir)
@@ -206,33 +165,4 @@ def score_and_plan(model, tokenizer, model_cfg, base_config, cache_dir, calibrat
 
 
 def resolve_attn(name: str, device_type: str) -> str:
-    from kiwi.model.attention import resolve_attn_implementation
-
     return resolve_attn_implementation(name, device_type)
-
-
-def load_model(path: str | Path, dtype: str = "float32", attn_implementation: str = "auto",
-               device: str = "cpu"):
-    """(model, tokenizer, plan or None) from an HF directory or hub id, a Lightning ``.ckpt`` file, or a
-    DeepSpeed checkpoint directory (converted to a consolidated state dict first)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kiwi.upscale import LayerPlan
-
-    p = Path(str(path)).expanduser()
-    attn = resolve_attn(attn_implementation, torch.device(device).type)
-    if p.is_dir() and (p / "config.json").exists() or not p.exists():
-        from kiwi.hub import check_hub
-
-        why = check_hub(str(path))
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype),
-                                                         attn_implementation=attn)
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-        except OSError as err:
-            raise hub_error("model", str(path), why, err) from err
-        plan_dict = getattr(model.config, "kiwi_layer_plan", None)
-        return model, tokenizer, LayerPlan.from_dict(plan_dict) if plan_dict else None
-    from kiwi.train.checkpoint import load_training_checkpoint
-
-    return load_training_checkpoint(p, dtype=torch_dtype(dtype), attn_implementation=attn)

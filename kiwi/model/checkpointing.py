@@ -22,19 +22,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from kiwi.upscale.surgery import decoder_layers
+
 CHECKPOINT_MODES = ("none", "full", "every_k", "mlp")
 
 _ORIGINAL_CLASS = "_kiwi_uncheckpointed_class"
 _CHECKPOINTED_CLASSES: dict[type, type] = {}
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a ``*ForCausalLM`` (``model.model.layers``) or a bare backbone."""
-    backbone = getattr(model, "model", model)
-    layers = getattr(backbone, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError(f"{type(model).__name__} has no decoder layers at .model.layers or .layers")
-    return layers
 
 
 class _CheckpointedForwardMixin:

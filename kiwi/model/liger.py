@@ -24,7 +24,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from kiwi.data.packing import IGNORE_INDEX
 
 
 @functools.cache
@@ -37,6 +37,7 @@ def liger_nll_sum(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
     """fp32 sum over non-ignored positions of ``-log p(target)`` for ``hidden`` [N, H] on CUDA."""
     if hidden.device.type != "cuda":
         raise ValueError(f"liger fused linear cross-entropy needs CUDA tensors, got {hidden.device}")
+    # lazy: liger-kernel is an optional GPU-only dependency (requirements-gpu.txt)
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     loss = liger_fused_linear_cross_entropy(

@@ -13,12 +13,18 @@ falls back to the chunked path with one logged notice when liger-kernel is not i
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from kiwi.data.packing import IGNORE_INDEX  # defined where labels are made; kiwi.data may not import kiwi.model
+from kiwi.model.liger import liger_available, liger_nll_sum
+
 DEFAULT_CHUNK = 4096
+# fp32 logits elements per lm_head chunk (128 MiB) when scoring without gradients: at Qwen's 151,936-token
+# vocabulary a 4096-position chunk would allocate 2.5 GB per step, and page faults then cost more than the matmul.
+LOGITS_PER_CHUNK = 1 << 25
 LOSS_IMPLS = ("auto", "chunked", "liger")
 
 log = logging.getLogger(__name__)
@@ -30,6 +36,22 @@ def backbone_hidden(model, input_ids: Tensor, position_ids: Tensor | None = None
     transformers treat restarting ``position_ids`` as separate (packed) documents."""
     out = model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False)
     return out.last_hidden_state
+
+
+def auto_chunk(weight: Tensor, chunk: int | None) -> int:
+    """The lm_head chunk (positions per matmul) for scoring: ``chunk`` if given, else ``LOGITS_PER_CHUNK``
+    logits elements at this vocabulary size."""
+    return int(chunk) if chunk else max(16, LOGITS_PER_CHUNK // weight.shape[0])
+
+
+def perplexity(mean_nll):
+    """exp(mean token NLL): a float (inf past float64's range) or, for a tensor, a tensor (for logging)."""
+    if torch.is_tensor(mean_nll):
+        return torch.exp(mean_nll)
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return float("inf")
 
 
 def shift_labels(labels: Tensor) -> Tensor:
@@ -101,8 +123,6 @@ def chunked_nll_sum(hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int 
 def resolve_loss_impl(name: str, device_type: str, grad: bool = True) -> str:
     """Concrete loss implementation: ``auto`` is ``liger`` on CUDA with gradients when liger-kernel is
     installed, else ``chunked``. Explicit ``liger`` without CUDA or liger-kernel is an error."""
-    from kiwi.model.liger import liger_available
-
     global _fallback_noticed
     if name not in LOSS_IMPLS:
         raise ValueError(f"loss implementation {name!r} is not supported; choose one of {list(LOSS_IMPLS)}")
@@ -124,8 +144,6 @@ def nll_sum(hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int = DEFAUL
             impl: str = "auto") -> Tensor:
     """``chunked_nll_sum`` or Liger's fused kernel, per ``resolve_loss_impl``."""
     if resolve_loss_impl(impl, hidden.device.type, torch.is_grad_enabled()) == "liger":
-        from kiwi.model.liger import liger_nll_sum
-
         return liger_nll_sum(hidden, weight, targets)
     return chunked_nll_sum(hidden, weight, targets, chunk)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+
+from kiwi.train.flops import flops_per_token
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,6 @@ def flops_matched_tokens(total_tokens: float, config, match_layers: int, seq_len
 
     FLOPs per token follow kiwi.train.flops with each row one document of ``seq_len`` tokens, so both
     sides count attention the same way."""
-    import copy
-
-    from kiwi.train.flops import flops_per_token
-
     if match_layers is None or int(match_layers) < 1:
         raise ValueError(f"budget.match_flops_layers: expected a positive layer count, got {match_layers}")
     deep = copy.deepcopy(config)
@@ -61,6 +60,4 @@ def flops_matched_tokens(total_tokens: float, config, match_layers: int, seq_len
 def training_flops(config, tokens: int, seq_len: int) -> float:
     """Model FLOPs of training ``tokens`` tokens (6N matmuls + attention, rows of one ``seq_len``
     document), the convention of kiwi.train.flops; frozen layers are counted as trained."""
-    from kiwi.train.flops import flops_per_token
-
     return float(tokens) * flops_per_token(config, [seq_len])

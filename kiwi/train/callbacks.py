@@ -17,6 +17,9 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 from kiwi.errors import DataError, KiwiError
+from kiwi.model.attention import document_lengths
+from kiwi.train.flops import flops_per_token, peak_flops
+from kiwi.upscale import duplicated_sources, plot_importance, write_plan_files
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,6 @@ class ThroughputMonitor(L.Callback):
         self._t0: float | None = None
 
     def on_train_start(self, trainer, pl_module):
-        from kiwi.train.flops import peak_flops
-
         if self.peak_flops is None and pl_module.device.type == "cuda":
             self.peak_flops = peak_flops(torch.cuda.get_device_name(pl_module.device))
 
@@ -56,9 +57,6 @@ class ThroughputMonitor(L.Callback):
             self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        from kiwi.model.attention import document_lengths
-        from kiwi.train.flops import flops_per_token
-
         n = int(batch["input_ids"].numel()) * trainer.world_size
         self.tokens_seen += n
         if pl_module.device.type == "cuda":
@@ -367,16 +365,12 @@ class LogLayerPlan(L.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module):
-        from kiwi.train.export import write_plan_files
-
         plan = pl_module.plan
         files = write_plan_files(plan, self.out_dir, base_model=str(
             pl_module.hparams.model_cfg.get("base") or "tiny-base"))
         images = {"layer_plan": files["plot"]}
         measured = getattr(pl_module, "importance", None)
         if measured is not None:
-            from kiwi.upscale import duplicated_sources, plot_importance
-
             metric = plan.options.get("metric", "block_influence")
             images["layer_importance"] = plot_importance(
                 measured.scores(metric), self.out_dir / "layer_importance.png",

@@ -1,73 +1,13 @@
-"""Load a training checkpoint back into a plain HF model, without the base weights or a Trainer.
+"""Checkpoints written whole: directory-writing strategies save under a temporary name, renamed in when done.
 
-Lightning ``.ckpt`` files carry the upscaled HF config and the layer plan (``KiwiLM.on_save_checkpoint``);
-DeepSpeed checkpoint directories are first consolidated into one fp32 state dict.
+Loading a checkpoint back into an HF model is model I/O (``kiwi.model.io``).
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-import torch
-
-
-def is_deepspeed_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "latest").exists() or any(path.glob("*/mp_rank_*_model_states.pt")))
-
-
-def read_checkpoint(path: Path) -> dict:
-    if is_deepspeed_dir(path):
-        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-
-        with tempfile.TemporaryDirectory() as tmp:
-            return convert_zero_checkpoint_to_fp32_state_dict(str(path), str(Path(tmp) / "model.ckpt"))
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)
-    raise FileNotFoundError(f"checkpoint {str(path)!r}: not a .ckpt file, an HF model directory or a "
-                            "DeepSpeed checkpoint directory")
-
-
-def stored_dtype(state_dict: dict) -> torch.dtype:
-    """The dtype of a state dict's floating-point weights (the most common one, should they differ)."""
-    from collections import Counter
-
-    counts = Counter(v.dtype for v in state_dict.values() if torch.is_tensor(v) and v.is_floating_point())
-    return counts.most_common(1)[0][0] if counts else torch.float32
-
-
-def load_training_checkpoint(path: str | Path, dtype: torch.dtype | None = torch.float32,
-                             attn_implementation: str = "sdpa"):
-    """(model, tokenizer, plan) from a Lightning or DeepSpeed checkpoint written by ``kiwi.train``;
-    ``dtype=None`` keeps the dtype the weights are stored in."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from kiwi.upscale import LayerPlan
-
-    path = Path(path)
-    ckpt = read_checkpoint(path)
-    meta = ckpt.get("kiwi")
-    if meta is None:
-        raise ValueError(f"checkpoint {str(path)!r} was not written by kiwi.train (no 'kiwi' entry)")
-    if dtype is None:
-        dtype = stored_dtype(ckpt["state_dict"])
-    hf = dict(meta["hf_config"])
-    config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-    config._attn_implementation = attn_implementation
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {str(path)!r} does not match its config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    model.tie_weights()
-    tok_dir = meta.get("tokenizer_dir")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    except (OSError, TypeError) as err:
-        raise OSError(f"checkpoint {str(path)!r}: cannot load its tokenizer from {tok_dir!r}: {err}") from err
-    return model.eval(), tokenizer, LayerPlan.from_dict(meta["plan"])
+from kiwi.atomic import publish_dir, remove
 
 
 def writes_directories(strategy) -> bool:
@@ -83,8 +23,6 @@ def publish_checkpoint_dirs(strategy, force: bool = False) -> None:
     writes are already atomic), or with ``force``."""
     if not (force or writes_directories(strategy)):
         return
-    from kiwi.atomic import publish_dir, remove
-
     save = strategy.save_checkpoint
 
     def save_atomically(checkpoint, filepath, storage_options=None):

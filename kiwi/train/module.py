@@ -7,7 +7,6 @@ layer plan it used is stored too, so an ``importance`` plan is not re-measured w
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +17,8 @@ from hydra.utils import instantiate
 from kiwi.data.accumulation import GROUP_TOKENS_KEY
 from kiwi.errors import ConfigError, KiwiError
 from kiwi.model.build import BuiltModel, as_dict, build_model
-from kiwi.model.loss import DEFAULT_CHUNK, lm_nll
+from kiwi.model.checkpointing import apply_activation_checkpointing
+from kiwi.model.loss import DEFAULT_CHUNK, lm_nll, perplexity
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ class KiwiLM(L.LightningModule):
                               "would still apply the step; use module.nonfinite_loss=stop, or trainer=gpu/fsdp")
 
     def configure_model(self) -> None:
-        from kiwi.model.checkpointing import apply_activation_checkpointing
-
         mcfg = as_dict(self.hparams.model_cfg)
         apply_activation_checkpointing(self.model, mcfg.get("activation_checkpointing", "none"),
                                        every=int(mcfg.get("checkpoint_every", 2)))
@@ -137,7 +135,7 @@ class KiwiLM(L.LightningModule):
             return
         loss = (stats[0] / tokens.cpu().clamp_min(1)).float()
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/ppl", torch.exp(loss))
+        self.log("train/ppl", perplexity(loss))
         self.log("train/tokens_in_step", tokens.float())
 
     def _nonfinite_step(self, optimizer, bad_loss: list[int], bad_grad: list[int]) -> None:
@@ -176,7 +174,7 @@ class KiwiLM(L.LightningModule):
             self.last_val = (self.global_step, float(mean))
         # Token-pooled over the whole held-out set: the same definition as evaluate.py's `heldout` task.
         self.log("val/loss", mean.float(), sync_dist=False, prog_bar=True)
-        self.log("val/ppl", torch.exp(mean).float(), sync_dist=False, prog_bar=True)
+        self.log("val/ppl", perplexity(mean).float(), sync_dist=False, prog_bar=True)
         self.log("val/tokens", tokens.float(), sync_dist=False)
 
     def configure_optimizers(self):
@@ -203,13 +201,9 @@ class KiwiLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild the architecture without the base weights (kiwi.train.checkpoint).
+        # Enough to rebuild the architecture without the base weights (kiwi.model.io).
         checkpoint["kiwi"] = {"hf_config": self.model.config.to_dict(), "plan": self.plan.to_dict(),
                               "tokenizer_dir": getattr(self.tokenizer, "name_or_path", None)}
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else float("inf")

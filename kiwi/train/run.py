@@ -12,10 +12,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kiwi.model.build import as_dict, build_model
+from kiwi.model.io import export_hf
 from kiwi.train.budget import flops_matched_tokens, make_budget, training_flops
 from kiwi.train.callbacks import CheckpointOnSignal, EmptyEpochGuard, RunInterrupted
 from kiwi.train.checkpoint import publish_checkpoint_dirs
-from kiwi.train.export import export_hf
 from kiwi.train.module import KiwiLM, perplexity
 
 log = logging.getLogger(__name__)

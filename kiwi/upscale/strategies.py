@@ -205,12 +205,23 @@ DEFAULTS = {"llama_pro": {"identity_init": True, "trainable": "new"}}
 
 
 def strategy_options(strategy: str) -> tuple[str, ...]:
-    """Option names a strategy accepts besides n_target / param_budget."""
-    if strategy not in STRATEGIES:
+    """Option names a strategy accepts besides n_target / param_budget; the one check of a strategy name."""
+    if strategy is None:
+        raise ValueError(f"layer_selection: option 'strategy' is missing; valid: {sorted(STRATEGIES)}")
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(
             f"layer_selection: option 'strategy': unknown strategy {strategy!r}; valid: {sorted(STRATEGIES)}"
         )
     return COMMON_OPTIONS + STRATEGIES[strategy][1]
+
+
+def check_options(strategy: str, options: Mapping[str, Any]) -> None:
+    """The one validation of a strategy name and its option names (make_plan and plan_from_config)."""
+    valid = strategy_options(strategy)
+    unknown = sorted(str(k) for k in options if k not in valid)
+    if unknown:
+        raise _fail(strategy, unknown[0], f"unknown option; valid options for {strategy!r}: {list(valid)} "
+                    "(and the size: n_target or param_budget)")
 
 
 def make_plan(
@@ -224,10 +235,7 @@ def make_plan(
 ) -> LayerPlan:
     """Build a validated LayerPlan. ``n_target`` may be None only for 'explicit' (length of the list)
     and 'none' (n_source)."""
-    valid = strategy_options(strategy)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise _fail(strategy, unknown[0], f"unknown option; valid options for {strategy!r}: {list(valid)}")
+    check_options(strategy, options)
     n_source = _int(strategy, "n_source", n_source)
     if n_source < 1:
         raise _fail(strategy, "n_source", f"must be >= 1, got {n_source}")

@@ -19,12 +19,12 @@ PLAN_CONFIG_KEY = "kiwi_layer_plan"
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder stack of an HF causal LM (``model.model.layers``)."""
-    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    """The decoder stack of an HF causal LM (``model.model.layers``) or of a bare backbone (``.layers``)."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), model)
     layers = getattr(base, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(
-            f"{type(model).__name__}: no decoder stack at model.model.layers; not a supported LM"
+        raise TypeError(
+            f"{type(model).__name__} has no decoder layers at .model.layers or .layers; not a supported LM"
         )
     return layers
 

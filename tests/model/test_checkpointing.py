@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from kiwi.model.attention import packed_position_ids
-from kiwi.model.checkpointing import apply_activation_checkpointing, decoder_layers
+from kiwi.model.checkpointing import apply_activation_checkpointing
 from kiwi.model.loss import lm_nll
+from kiwi.upscale import decoder_layers
 from tests.model.tiny_qwen_models import tiny_qwen2
 
 DOCS = [9, 4, 11]

@@ -43,7 +43,7 @@ def test_export_names_the_final_directory_and_keeps_the_umask(tmp_path, kiwi_cac
 
     old_umask = os.umask(0o022)
     try:
-        with caplog.at_level(logging.INFO, logger="kiwi.train.export"):
+        with caplog.at_level(logging.INFO, logger="kiwi.model.io"):
             result = run(_cfg(tmp_path, ["trainer.max_steps=1", "export_hf=true"]))
     finally:
         os.umask(old_umask)

@@ -126,7 +126,7 @@ def test_export_round_trip(tmp_path, kiwi_cache):
     `python -m kiwi.train.export` gives the same model from the Lightning checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kiwi.train.checkpoint import load_training_checkpoint
+    from kiwi.model.io import load_training_checkpoint
     from kiwi.train.export import main as export_main
     from kiwi.train.run import run
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from kiwi.upscale.params import n_target_for_budget
 from kiwi.upscale.plan import LayerPlan
-from kiwi.upscale.strategies import STRATEGIES, make_plan, strategy_options
+from kiwi.upscale.strategies import check_options, make_plan
 
 DEFAULT_N_TARGET = 38
 SIZE_KEYS = ("n_target", "param_budget")
@@ -25,21 +25,9 @@ def plan_from_config(
     ``model_config`` (the source HF config) is needed to resolve ``param_budget``."""
     if not isinstance(cfg, Mapping):
         raise ValueError(f"layer_selection config must be a mapping, got {type(cfg).__name__}")
-    if "strategy" not in cfg or cfg["strategy"] is None:
-        raise ValueError(f"layer_selection: option 'strategy' is missing; valid: {sorted(STRATEGIES)}")
-    strategy = cfg["strategy"]
-    if not isinstance(strategy, str) or strategy not in STRATEGIES:
-        raise ValueError(
-            f"layer_selection: option 'strategy': unknown strategy {strategy!r}; valid: {sorted(STRATEGIES)}"
-        )
-    valid = ("strategy",) + SIZE_KEYS + strategy_options(strategy)
-    unknown = sorted(str(k) for k in cfg if k not in valid)
-    if unknown:
-        raise ValueError(
-            f"layer_selection (strategy={strategy!r}): unknown option '{unknown[0]}'; "
-            f"valid options: {list(valid)}"
-        )
+    strategy = cfg.get("strategy")
     options = {k: v for k, v in cfg.items() if k not in ("strategy",) + SIZE_KEYS}
+    check_options(strategy, options)
     if strategy == "importance" and options.get("scores") is None:
         if scores is None:
             raise ValueError(
