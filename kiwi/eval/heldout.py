@@ -10,12 +10,16 @@ column compares like with like. Each row's definition is logged and written to r
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kiwi.errors import ConfigError, DataError
@@ -48,8 +52,6 @@ def describe_data(data: Mapping) -> str:
 def run_data_config(checkpoint: str | Path) -> dict | None:
     """The data arguments the training run of a Lightning ``.ckpt`` (or DeepSpeed checkpoint directory) used;
     None for HF directories, hub ids and checkpoints written before kiwi saved them."""
-    import torch
-
     path = Path(str(checkpoint)).expanduser()
     if path.is_dir():  # DeepSpeed: Lightning's client state sits in the rank-0 model-states file
         files = sorted(path.glob("*/mp_rank_00_model_states.pt"))
@@ -80,8 +82,6 @@ def _plain(value: Any) -> Any:
 def command_line_data_overrides() -> tuple[bool, list[str]]:
     """(``data=<group>`` was given, the ``data.<key>`` options set or deleted) on this run's command line.
     Outside a Hydra app (``run(cfg)`` from Python) there is no command line: (False, [])."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return False, []
     group, keys = False, []
@@ -150,10 +150,6 @@ def heldout_definitions(cfg: DictConfig, specs: Sequence) -> dict[str, HeldoutDa
 
 def heldout_batches(data: HeldoutData, tokenizer, limit: int | None):
     """The validation batches of a data definition: the same documents, packing and labels as training's."""
-    import itertools
-
-    from hydra.utils import instantiate
-
     datamodule = instantiate(data.config, tokenizer=tokenizer)
     datamodule.setup("validate")
     loader = datamodule.val_dataloader()

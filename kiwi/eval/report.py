@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from lightning.pytorch.loggers import WandbLogger
+
 # Metrics shown in tables and charts (all of them, stderrs included, are in results.json).
 TABLE_METRICS = (
     "acc",
@@ -97,7 +99,7 @@ def markdown_table(results: Results) -> str:
 
 def plot_results(results: Results, path: Path) -> Path:
     """One panel per (task, headline metric), one bar per model."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is slow to import and only needed for the chart
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -151,8 +153,8 @@ def log_to_loggers(loggers: list, results: Results, chart: Path) -> None:
         if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value))
     }
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
+        if isinstance(logger, WandbLogger):
+            import wandb  # lazy: wandb is heavy to import and only needed with a W&B logger
 
             header, rows = table_rows(results)
             logger.experiment.log(

@@ -191,7 +191,7 @@ def read_local_rows(task: str, data_files: str | Sequence[str]) -> list[Row]:
                 raise TaskDataError(f"task {task!r}: {path}: expected a JSON list of rows")
             rows.extend(Row(f"{path}: row {i}", r) for i, r in enumerate(data, 1))
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # lazy: only for parquet task files
 
             rows.extend(Row(f"{path}: row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist(), 1))
         elif suffix in (".txt", ".raw"):
@@ -207,7 +207,7 @@ def read_local_rows(task: str, data_files: str | Sequence[str]) -> list[Row]:
 
 
 def read_hub_rows(task: str, path: str, name: str | None, split: str, limit: int | None) -> list[Row]:
-    import datasets
+    import datasets  # lazy: `datasets` is slow to import and only needed for hub task data
 
     try:
         ds = datasets.load_dataset(path, name, split=split)

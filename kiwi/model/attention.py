@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from transformers.masking_utils import create_causal_mask
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flex_attention", "eager")
 
@@ -58,8 +59,6 @@ def packed_position_ids(doc_lengths: list[int], device=None) -> Tensor:
 def build_packed_mask(model, position_ids: Tensor, dtype: torch.dtype | None = None):
     """The mask HF builds for ``model`` on a packed batch (a dense tensor, a ``BlockMask`` or None);
     used to check that the fast path never materialises a dense [T, T] mask."""
-    from transformers.masking_utils import create_causal_mask
-
     config = model.config
     batch, seq = position_ids.shape
     dtype = dtype or next(model.parameters()).dtype

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer import call
 from lightning.pytorch.utilities import rank_zero_only
 
 from kiwi.errors import DataError, KiwiError
@@ -26,11 +29,10 @@ log = logging.getLogger(__name__)
 
 def log_images(trainer: L.Trainer, images: dict[str, str | Path]) -> None:
     """Log PNGs to every W&B logger of the trainer (other loggers keep the files on disk)."""
-    from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            import wandb
+            import wandb  # lazy: wandb is heavy to import and only needed with a W&B logger
 
             logger.experiment.log({k: wandb.Image(str(v)) for k, v in images.items()})
 
@@ -132,8 +134,6 @@ class CheckpointOnSignal(L.Callback):
 
     def install(self) -> None:
         """Take over SIGTERM and SIGINT (main thread only; ``restore`` gives them back)."""
-        import threading
-
         if threading.current_thread() is not threading.main_thread() or self._previous:
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -193,8 +193,6 @@ class CheckpointOnSignal(L.Callback):
         """Lightning registers its own SIGTERM handler inside fit/validate (its loops then raise SystemExit,
         and on several ranks it broadcasts from within the handler); ours replaces it. Lightning's teardown
         puts back what it found (ours), and ``restore`` the handlers from before the run."""
-        import threading
-
         if not self._previous or threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -305,8 +303,6 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         log.info("final checkpoint (step %d): %s", trainer.global_step, self.last_model_path)
 
     def _snapshot(self, trainer) -> dict:
-        from lightning.pytorch.trainer import call
-
         data = getattr(trainer.datamodule, "train_dataset", None)
         return {"global_step": trainer.global_step, "epoch": trainer.current_epoch,
                 "loops": copy.deepcopy(trainer._checkpoint_connector._get_loops_state_dict()),

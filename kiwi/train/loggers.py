@@ -7,6 +7,8 @@ import netrc
 import os
 from pathlib import Path
 
+from lightning.pytorch.loggers import WandbLogger
+
 log = logging.getLogger(__name__)
 _MODES = ("auto", "online", "offline", "disabled")
 
@@ -39,8 +41,6 @@ def resolve_wandb_mode(mode: str) -> str:
 
 def wandb_logger(project: str, save_dir: str, name: str | None = None, group: str | None = None,
                  tags=None, mode: str = "auto", job_type: str | None = None, **kwargs):
-    from lightning.pytorch.loggers import WandbLogger
-
     mode = resolve_wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     logger = WandbLogger(project=project, save_dir=save_dir, name=name, group=group,
