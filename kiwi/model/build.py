@@ -1,7 +1,7 @@
 """The one place that turns a model config into a Hugging Face model: base -> (importance scores) -> upscaled.
 
-Training, evaluation and the benches all come through here, so a hub id, a freshly upscaled strategy at
-step 0 and a training checkpoint are loaded the same way.
+Training, evaluation and the benches all come through here, so a hub id and a freshly upscaled strategy
+at step 0 are built the same way; loading saved models and checkpoints is ``kiwi.model.io``.
 """
 
 from __future__ import annotations
@@ -134,6 +134,8 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
     base_config = load_base_config(base, model_cfg.get("revision"))
     if plan is None and not needs_scores(model_cfg):
         plan = plan_for(model_cfg, base_config)
+    elif plan is None:  # every option checked before the weights are read; the real scores come later
+        plan_for(model_cfg, base_config, scores=[0.0] * base_config.num_hidden_layers)
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or base)
     attn = resolve_attn(model_cfg.get("attn_implementation", "auto"), torch.device(device).type)
     model = AutoModelForCausalLM.from_pretrained(

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
+from kiwi.upscale.importance import METRICS
 from kiwi.upscale.plan import TRAINABLE_MODES, LayerPlan
 
 COMMON_OPTIONS = ("identity_init", "trainable")
@@ -158,7 +159,9 @@ def _importance(
     metric: str | None = None,
     calibration: Mapping[str, Any] | None = None,
 ) -> tuple[int, ...]:
-    del metric, calibration  # provenance only: how the caller measured ``scores``
+    del calibration  # provenance only: how the caller measured ``scores``
+    if metric is not None and metric not in METRICS:
+        raise _fail("importance", "metric", f"must be one of {list(METRICS)}, got {metric!r}")
     extra = _growth("importance", n_source, n_target)
     if scores is None:
         raise _fail(

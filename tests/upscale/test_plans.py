@@ -178,6 +178,7 @@ def test_unknown_option_lists_valid_ones():
         ({"strategy": "interleave", "n_target": 8, "param_budget": 1e6}, "param_budget"),
         ({"strategy": "interleave", "n_target": None, "param_budget": 1e6}, "param_budget"),
         ({"strategy": "importance", "n_target": 8}, "scores"),
+        ({"strategy": "importance", "n_target": 8, "scores": [1, 2, 3, 4, 5, 6], "metric": "bogus"}, "metric"),
     ],
 )
 def test_plan_from_config_errors(cfg, option):
