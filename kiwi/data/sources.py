@@ -9,15 +9,21 @@ so a bad record is reported once, by the stream that owns it, with its file and 
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
 import json
 import logging
+import lzma
 import re
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from kiwi.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +32,6 @@ FORMATS = ("jsonl", "json", "txt", "parquet")
 SAMPLE_BY = ("line", "paragraph", "document", "wikitext")
 # WikiText marks a new article with a top-level heading line " = Title = " (sections use " = = ... = = ").
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
-
-
-class DataError(ValueError):
-    """A record that cannot become a document; the message names the file and line/row."""
 
 
 @dataclass
@@ -115,6 +117,38 @@ def resolve_files(files: str | Sequence[str]) -> list[Path]:
     return out
 
 
+# Compressed files are read through the same readers, decompressed on the fly (e.g. the ``wikimedia/wikipedia``
+# style ``train-00.jsonl.gz`` shards); the format comes from the suffix before the compression suffix.
+_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_DECOMPRESS_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError, lzma.LZMAError)
+
+
+def open_bytes(path: Path) -> IO[bytes]:
+    """``path`` opened for reading bytes, decompressed if its suffix is ``.gz``, ``.bz2`` or ``.xz``."""
+    opener = _COMPRESSED.get(path.suffix.lower())
+    return opener(path, "rb") if opener is not None else path.open("rb")
+
+
+def _decompress_error(path: Path, exc: Exception, where: str = "") -> DataError:
+    return DataError(
+        f"{path}{where}: cannot decompress ({exc}); the file is corrupt or truncated, download or compress it again"
+    )
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, raw line)`` of a plain or compressed file; a corrupt or truncated compressed
+    file is a ``DataError`` naming the file and the line where reading stopped."""
+    line_no = 0
+    try:
+        with open_bytes(path) as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                yield line_no, raw
+    except _DECOMPRESS_ERRORS as exc:
+        if path.suffix.lower() not in _COMPRESSED:
+            raise
+        raise _decompress_error(path, exc, f":{line_no + 1}") from exc
+
+
 def detect_format(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
     for suffix in reversed(suffixes):
@@ -183,15 +217,23 @@ class FileSource(DocumentSource):
             if not path.is_file():
                 raise DataError(f"data.source.files: file not found: {path}")
             reader = {"jsonl": self._jsonl, "json": self._json, "txt": self._txt, "parquet": self._parquet}[fmt]
-            for item in reader(path, index, selection, stats):
+            items = reader(path, index, selection, stats)
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration:  # pragma: no cover - every reader ends with its record count
+                    raise AssertionError("reader did not report its record count") from None
+                except _DECOMPRESS_ERRORS as exc:
+                    if path.suffix.lower() not in _COMPRESSED:
+                        raise
+                    raise _decompress_error(path, exc) from exc
                 if isinstance(item, int):  # a reader reports how many records the file held
                     index = item
                     break
                 if selection.done(item[0]):
+                    items.close()
                     return
                 yield item
-            else:  # pragma: no cover - every reader ends with its record count
-                raise AssertionError("reader did not report its record count")
 
     # Each reader yields (index, text|None) for selected records and finally the next free index (int).
 
@@ -203,33 +245,35 @@ class FileSource(DocumentSource):
             return None
 
     def _jsonl(self, path: Path, index: int, selection: Selection, stats: SourceStats):
-        with path.open("rb") as fh:
-            for line_no, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                if selection.done(index):
-                    break
-                if selection.wants(index):
+        lines = read_lines(path)
+        for line_no, raw in lines:
+            if not raw.strip():
+                continue
+            if selection.done(index):
+                break
+            if selection.wants(index):
 
-                    def make(raw=raw, line_no=line_no) -> str:
-                        where = f"{path}:{line_no}"
-                        try:
-                            record = json.loads(_decode(raw, path, line_no))
-                        except json.JSONDecodeError as exc:
-                            raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-                        return _field(record, self.text_field, where)
+                def make(raw=raw, line_no=line_no) -> str:
+                    where = f"{path}:{line_no}"
+                    try:
+                        record = json.loads(_decode(raw, path, line_no))
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+                    return _field(record, self.text_field, where)
 
-                    yield index, self._parse(make, stats)
-                index += 1
+                yield index, self._parse(make, stats)
+            index += 1
+        lines.close()
         yield index
 
     def _json(self, path: Path, index: int, selection: Selection, stats: SourceStats):
-        head = path.open("rb").read(64).lstrip()
+        with open_bytes(path) as fh:
+            head = fh.read(64).lstrip()
         if not head.startswith(b"["):  # JSON lines saved as .json, like HF's json loader accepts
             yield from self._jsonl(path, index, selection, stats)
             return
         try:
-            records = json.loads(_decode(path.read_bytes(), path, 1))
+            records = json.loads(_decode(b"".join(raw for _, raw in read_lines(path)), path, 1))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
         for i, record in enumerate(records):
@@ -246,6 +290,8 @@ class FileSource(DocumentSource):
     def _parquet(self, path: Path, index: int, selection: Selection, stats: SourceStats):
         import pyarrow.parquet as pq
 
+        if path.suffix.lower() in _COMPRESSED:
+            raise DataError(f"{path}: a compressed parquet file; parquet compresses internally, decompress it first")
         try:
             pfile = pq.ParquetFile(path)
         except Exception as exc:
@@ -288,7 +334,7 @@ class FileSource(DocumentSource):
     def _txt_documents(self, path: Path) -> Iterator[tuple[int, list[bytes]]]:
         """(first line number, raw lines) per document; splitting works on bytes so that an undecodable
         line is reported (or skipped) with the document that owns it."""
-        with path.open("rb") as fh:
+        with open_bytes(path) as fh:
             if self.sample_by == "document":
                 lines = fh.readlines()
                 if lines:
