@@ -166,6 +166,7 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from kiwi.data.qwen_tokenizer import resolve_tokenizer
     from kiwi.upscale import apply_trainable, upscale
 
     model_cfg = as_dict(model_cfg)
@@ -173,7 +174,7 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
     base_config = load_base_config(base, model_cfg.get("revision"))
     if plan is None and not needs_scores(model_cfg):
         plan = plan_for(model_cfg, base_config)
-    tokenizer = AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or base)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer(model_cfg.get("tokenizer"), cache_dir) or base)
     attn = resolve_attn(model_cfg.get("attn_implementation", "auto"), torch.device(device).type)
     model = AutoModelForCausalLM.from_pretrained(
         base, revision=model_cfg.get("revision"), dtype=torch_dtype(model_cfg.get("dtype", "float32")),
