@@ -1,10 +1,13 @@
-"""Packed-token throughput of the data pipeline (tokenize + pack + collate), by DataLoader worker count.
+"""Packed-token throughput of the data pipeline (read + tokenize + pack + collate) with Qwen2.5's exact
+tokenizer, by encoder and DataLoader worker count.
 
-Builds a large-vocabulary byte-level BPE (Qwen2 pipeline, target 151,646 like Qwen2.5) offline on the
-docstring corpus, then streams Wikipedia text (WikiText-2 from ../shared when present, else the docstring
-corpus) through ``PackedDataModule`` at ``seq_len`` 32768, cycling until ``--tokens`` are packed.
+Streams the shared Wikipedia shards (``../shared/data/wikipedia-en-2015/*.jsonl.gz``, the
+``wikimedia/wikipedia`` schema) through ``PackedDataModule`` with data=local's source, at ``seq_len`` 32768,
+cycling until ``--tokens`` are packed. Encoders: ``tokenizer`` (the HF fast tokenizer, what training uses
+by default) and ``tiktoken`` (``data.encoder=tiktoken``: identical ids, Qwen's reference BPE). The
+machine's load average is printed with every row: measure on an idle machine.
 
-    python bench/data_throughput.py [--vocab 151646] [--data PATH.txt|PATH.jsonl] [--tokens 4000000]
+    python bench/data_throughput.py [--encoders tokenizer tiktoken] [--workers 0 1 2] [--tokens 4000000]
 """
 
 from __future__ import annotations
@@ -16,28 +19,24 @@ import sys
 import time
 from pathlib import Path
 
+import tiktoken
 import tokenizers
 import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from kiwi.data.corpus import build_corpus_file  # noqa: E402
 from kiwi.data.datamodule import PackedDataModule  # noqa: E402
-from kiwi.data.tokenizer import build_offline_tokenizer  # noqa: E402
+from kiwi.data.qwen_tokenizer import qwen25_tokenizer_dir  # noqa: E402
 
-SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/valid.txt"
-
-
-def source_for(path: Path) -> dict:
-    if path.suffix == ".txt":  # WikiText raw: one document per top-level article
-        return {"kind": "files", "files": [str(path)], "format": "txt", "sample_by": "wikitext"}
-    return {"kind": "files", "files": [str(path)]}
+SHARED_WIKIPEDIA = Path(__file__).resolve().parents[2] / "shared/data/wikipedia-en-2015"
 
 
-def measure(tokenizer, data: Path, workers: int, seq_len: int, batch_size: int, min_tokens: int):
-    dm = PackedDataModule(tokenizer, source=source_for(data), seq_len=seq_len, batch_size=batch_size,
-                          num_workers=workers, shuffle_buffer=1000, val_documents=0, repeat=True)
+def measure(tokenizer, files: list[str], encoder: str, workers: int, seq_len: int, batch_size: int,
+            min_tokens: int, tokenize_batch: int) -> tuple[float, int]:
+    dm = PackedDataModule(tokenizer, source={"kind": "files", "files": files}, seq_len=seq_len,
+                          batch_size=batch_size, num_workers=workers, shuffle_buffer=1000, val_documents=0,
+                          repeat=True, tokenize_batch=tokenize_batch, encoder=encoder)
     dm.setup("fit")
     start = time.perf_counter()
     tokens = 0
@@ -50,36 +49,32 @@ def measure(tokenizer, data: Path, workers: int, seq_len: int, batch_size: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--vocab", type=int, default=151_646)
-    parser.add_argument(
-        "--packages", nargs="+", default=["stdlib", "numpy", "lightning", "datasets", "torch", "transformers"]
-    )
+    parser.add_argument("--data", nargs="+", default=[str(SHARED_WIKIPEDIA / "*.jsonl.gz")],
+                        help="files or globs for data=local (default: the shared Wikipedia shards)")
+    parser.add_argument("--encoders", nargs="+", default=["tokenizer", "tiktoken"],
+                        choices=["tokenizer", "tiktoken"])
     parser.add_argument("--seq-len", type=int, default=32768)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--tokenize-batch", type=int, default=64, help="documents per encode call")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--data", type=Path, default=SHARED_WIKITEXT if SHARED_WIKITEXT.exists() else None,
-                        help="text to pack (default: WikiText-2 from ../shared, else the docstring corpus)")
     parser.add_argument("--tokens", type=int, default=4_000_000, help="packed tokens to time per row")
     parser.add_argument("--cache", default=os.environ.get("KIWI_CACHE", str(Path.home() / ".cache/kiwi")))
     args = parser.parse_args()
 
-    corpus = build_corpus_file(args.cache, args.packages)
-    tok_dir = build_offline_tokenizer(corpus, args.vocab, args.cache, max_chars=10**9)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tok_dir)
-    print(
-        f"corpus {corpus.name}: {corpus.stat().st_size / 1e6:.1f} MB; tokenizer vocab {len(tokenizer):,} "
-        f"(target {args.vocab:,})"
-    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(qwen25_tokenizer_dir(args.cache))
+    print(f"tokenizer: Qwen2.5 exact ({len(tokenizer):,} tokens), {qwen25_tokenizer_dir(args.cache)}")
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
-        f"tokenizers {tokenizers.__version__}, transformers {transformers.__version__}"
+        f"tokenizers {tokenizers.__version__}, tiktoken {tiktoken.__version__}, transformers {transformers.__version__}"
     )
-    data = args.data or corpus
-    print(f"packing {data} at seq_len {args.seq_len}")
-    print(f"{'workers':>8} {'packed tokens':>14} {'tokens/s':>12}")
-    for workers in args.workers:
-        rate, tokens = measure(tokenizer, data, workers, args.seq_len, args.batch_size, args.tokens)
-        print(f"{workers:>8} {tokens:>14,} {rate:>12,.0f}")
+    print(f"packing {' '.join(args.data)} at seq_len {args.seq_len}, tokenize_batch {args.tokenize_batch}")
+    print(f"{'encoder':>9} {'workers':>8} {'packed tokens':>14} {'tokens/s':>12}  load (1/5/15 min)")
+    for encoder in args.encoders:
+        for workers in args.workers:
+            rate, tokens = measure(tokenizer, args.data, encoder, workers, args.seq_len, args.batch_size,
+                                   args.tokens, args.tokenize_batch)
+            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            print(f"{encoder:>9} {workers:>8} {tokens:>14,} {rate:>12,.0f}  {load}", flush=True)
 
 
 if __name__ == "__main__":

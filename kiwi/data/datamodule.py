@@ -53,6 +53,7 @@ class PackedDataModule(L.LightningDataModule):
         repeat: bool = True,
         tokenize_batch: int = 64,
         pin_memory: bool = False,
+        encoder: str = "tokenizer",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -67,6 +68,12 @@ class PackedDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_tokens must be >= 1 or null (no token bound), got {val_tokens}")
         if max_documents is not None and max_documents <= val_documents:
             raise ConfigError(f"data.max_documents={max_documents} leaves nothing after val_documents={val_documents}")
+        if encoder not in ("tokenizer", "tiktoken"):
+            raise ConfigError(f"data.encoder: {encoder!r}; choose tokenizer or tiktoken (Qwen2.5's vocabulary only)")
+        if encoder == "tiktoken":  # same ids as Qwen2.5's tokenizer, faster (kiwi.data.qwen_tokenizer)
+            from kiwi.data.qwen_tokenizer import TiktokenEncoder
+
+            tokenizer = TiktokenEncoder(tokenizer)
         self.tokenizer = tokenizer
         self.source = build_source(text_field=text_field, on_error=on_error, **dict(source))
         self.seq_len = seq_len

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from kiwi.data.corpus import build_corpus_file
+from kiwi.data.qwen_tokenizer import resolve_tokenizer
 from kiwi.errors import ConfigError, HubError
 from kiwi.hub import check_hub
 from kiwi.model.attention import resolve_attn_implementation
@@ -136,7 +137,7 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
         plan = plan_for(model_cfg, base_config)
     elif plan is None:  # every option checked before the weights are read; the real scores come later
         plan_for(model_cfg, base_config, scores=[0.0] * base_config.num_hidden_layers)
-    tokenizer = AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or base)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer(model_cfg.get("tokenizer"), cache_dir) or base)
     attn = resolve_attn(model_cfg.get("attn_implementation", "auto"), torch.device(device).type)
     model = AutoModelForCausalLM.from_pretrained(
         base, revision=model_cfg.get("revision"), dtype=torch_dtype(model_cfg.get("dtype", "float32")),

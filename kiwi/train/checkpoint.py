@@ -5,7 +5,11 @@ Loading a checkpoint back into an HF model is model I/O (``kiwi.model.io``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from kiwi.atomic import publish_dir, remove
 
@@ -41,3 +45,22 @@ def publish_checkpoint_dirs(strategy, force: bool = False) -> None:
         strategy.barrier()
 
     strategy.save_checkpoint = save_atomically
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO that streams ``torch.save`` to a temporary file, then renames it into place.
+
+    Lightning's default (``TorchCheckpointIO``) serialises the whole checkpoint into memory before writing
+    it, so saving needs the checkpoint's size again in RAM: at full size (702.8M params, fp32 + AdamW,
+    8.4 GB) that killed a CPU run on a 24 GiB machine. This keeps the atomic rename without the copy.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        try:
+            torch.save(checkpoint, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
