@@ -4,8 +4,9 @@ A small command for checkpoints written earlier, Lightning or DeepSpeed:
     python -m kiwi.train.export CHECKPOINT OUT_DIR [--dtype float32|bfloat16|float16]
 The weights keep the checkpoint's dtype (fp32 stays fp32, exactly as the in-run export) unless --dtype
 says otherwise. OUT_DIR is written under a temporary name and renamed in when complete.
-The loading and writing live in ``kiwi.model.io``; this is only the command line.
 """
+
+# Only the command line: loading and writing live in kiwi.model.io, beside the model.
 
 from __future__ import annotations
 
