@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from kiwi.model import loss as loss_mod
 from kiwi.model.attention import packed_position_ids
-from kiwi.model.loss import chunked_nll_sum, lm_nll, nll_sum, resolve_loss_impl, token_logprobs
+from kiwi.model.loss import chunked_nll_sum, lm_nll, nll_sum, perplexity, resolve_loss_impl, token_logprobs
 from tests.model.tiny_qwen_models import tiny_qwen2
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -164,3 +166,11 @@ def test_liger_nll_sum_matches_chunked_on_cuda():
     torch.testing.assert_close(ours, ref, atol=1e-2, rtol=1e-4)
     torch.testing.assert_close(gh, rh, atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(gw, rw, atol=1e-4, rtol=1e-3)
+
+
+def test_perplexity_is_exp_of_the_mean_nll_for_floats_and_tensors():
+    """One definition used by training logs, run reports and eval metrics: inf instead of an OverflowError."""
+    assert perplexity(math.log(7.0)) == pytest.approx(7.0)
+    assert perplexity(800.0) == float("inf")
+    logged = perplexity(torch.tensor(math.log(3.0), dtype=torch.float64))
+    assert torch.is_tensor(logged) and logged.dtype == torch.float64 and float(logged) == pytest.approx(3.0)
