@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from kiwi.config import CONF_DIR, ROOT_DIR
+from kiwi.cli import CONF_DIR, ROOT_DIR
 from tests.helpers import compose
 
 PRIMARY = {"train.yaml", "eval.yaml"}
@@ -124,7 +124,7 @@ def test_trainer_configs_instantiate(option, tmp_path, kiwi_cache):
 
 @pytest.mark.parametrize("option", ["wandb", "csv", "none"])
 def test_logger_configs_instantiate_offline(option, tmp_path, kiwi_cache):
-    from kiwi.train.run import instantiate_group
+    from kiwi.cli import instantiate_group
 
     cfg = compose("train", [f"logger={option}"], output_dir=tmp_path)
     loggers = instantiate_group(cfg.get("logger"))
@@ -133,7 +133,7 @@ def test_logger_configs_instantiate_offline(option, tmp_path, kiwi_cache):
 
 
 def test_callbacks_optimizer_scheduler_instantiate(tmp_path, kiwi_cache):
-    from kiwi.train.run import instantiate_group
+    from kiwi.cli import instantiate_group
 
     cfg = compose("train", [], output_dir=tmp_path)
     names = {type(cb).__name__ for cb in instantiate_group(cfg.callbacks)}
