@@ -144,7 +144,7 @@ def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built
     out_dir = Path(cfg.paths.output_dir)
     n_params = sum(p.numel() for p in module.model.parameters())
     flops = training_flops(module.model.config, result["tokens"], cfg.data.seq_len)
-    write_report(out_dir, result["val/ppl_before"], result["val/ppl"], {
+    write_perplexity_report(out_dir, result["val/ppl_before"], result["val/ppl"], {
         "steps": result["steps"], "tokens": result["tokens"], "tokens_per_step": budget.tokens_per_step,
         "plan": built.plan.strategy, "n_params": n_params, "n_trainable": module.num_trainable_parameters(),
         "train_flops": flops, "fit_wall_s": round(fit_wall_s, 2),
@@ -196,7 +196,7 @@ def validate_early(cfg: DictConfig) -> None:
     validate_trainer(cfg.trainer)
 
 
-def write_report(out_dir: Path, before: float | None, after: float | None, extra: dict) -> Path:
+def write_perplexity_report(out_dir: Path, before: float | None, after: float | None, extra: dict) -> Path:
     report = {"val_ppl_before": before, "val_ppl_after": after, **extra}
     path = out_dir / "perplexity_report.json"
     path.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,4 +1,6 @@
-"""W&B that never crashes or hangs on a missing login: offline unless a key or login is configured."""
+"""W&B that never crashes or hangs on a missing login: offline unless a key or login is configured.
+
+Shared by train.py and evaluate.py (conf/logger/wandb.yaml), so it lives outside kiwi.train."""
 
 from __future__ import annotations
 
