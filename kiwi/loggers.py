@@ -41,7 +41,7 @@ def resolve_wandb_mode(mode: str) -> str:
 
 def wandb_logger(project: str, save_dir: str, name: str | None = None, group: str | None = None,
                  tags=None, mode: str = "auto", job_type: str | None = None, **kwargs):
-    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.loggers import WandbLogger  # heavy: lazy, kiwi.study reads resolve_wandb_mode only
 
     mode = resolve_wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
