@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from lightning.pytorch.loggers import WandbLogger
+
 # Metrics shown in tables and charts (all of them, stderrs included, are in results.json).
 TABLE_METRICS = (
     "acc",
@@ -151,8 +153,8 @@ def log_to_loggers(loggers: list, results: Results, chart: Path) -> None:
         if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value))
     }
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
+        if isinstance(logger, WandbLogger):
+            import wandb  # installed whenever a WandbLogger exists; not imported for runs without W&B
 
             header, rows = table_rows(results)
             logger.experiment.log(

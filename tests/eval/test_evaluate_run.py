@@ -233,3 +233,19 @@ def test_eval_never_imports_train():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n == "kiwi.train" or n.startswith("kiwi.train.")], path
+
+
+def test_wandb_gets_the_table_and_its_run_is_finished(tmp_path, kiwi_cache, two_hf_models):
+    """logger=wandb (offline): the results table and chart reach W&B, and the task wrapper finishes the run."""
+    import wandb
+
+    from kiwi.eval.run import run
+
+    cfg = compose_eval(["model=tiny", "compare_base=false", "evaluate_model=false", "logger=wandb",
+                        f"checkpoints=[{two_hf_models[0]}]", "run_tasks=[hellaswag]", "progress=false",
+                        "max_length=64", *_task_overrides()], tmp_path / "out")
+    run(cfg)
+    assert wandb.run is None
+    (run_dir,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    assert list((run_dir / "files" / "media" / "table" / "eval").glob("results_*.table.json"))
+    assert list((run_dir / "files" / "media" / "images" / "eval").glob("chart_*.png"))
