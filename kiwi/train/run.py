@@ -153,7 +153,8 @@ def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built
         log.warning("FSDP: the model is sharded; export from the full checkpoint instead: "
                     "python -m kiwi.train.export %s/checkpoints/last.ckpt <out_dir>", out_dir)
     elif cfg.export_hf and not result["interrupted"]:
-        result["hf_dir"] = str(export_to(module, built, Path(cfg.get("export_dir") or out_dir / "hf_model")))
+        hf_dir = Path(cfg.get("export_dir") or out_dir / "hf_model")
+        result["hf_dir"] = str(export_hf(module.model, built.tokenizer, built.plan, hf_dir, base_model=built.base_path))
     print_outputs(out_dir, result)
 
 
@@ -234,10 +235,6 @@ def reused_export(cfg: DictConfig) -> dict | None:
         return None
     print(f"kiwi: {export_dir} already exists, reusing it (delete it to train again)")
     return {"val/ppl": None, "hf_dir": str(export_dir), "reused": True}
-
-
-def export_to(module: KiwiLM, built, out: Path) -> Path:
-    return export_hf(module.model, built.tokenizer, built.plan, out, base_model=built.base_path)
 
 
 def print_outputs(out_dir: Path, result: dict) -> None:
