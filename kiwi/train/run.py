@@ -50,6 +50,7 @@ def train(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
     built = build_model(cfg.model, cfg.paths.cache_dir, device=device)
     datamodule = instantiate(cfg.data, tokenizer=built.tokenizer)
     budget = training_budget(cfg, built)
+    # cfg.module is partial: run-time objects such as the built model cannot pass through OmegaConf
     module: KiwiLM = instantiate(cfg.module)(
         model_cfg=as_dict(cfg.model), optimizer=as_dict(cfg.optimizer),
         scheduler=as_dict(cfg.get("scheduler")) or None, warmup_steps=budget.warmup_steps,
