@@ -8,13 +8,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from kiwi.config import CONF_DIR, log_through_root, normalize_overrides, report_errors
+from kiwi.cli import CONF_DIR, log_through_root, normalize_overrides, report_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 @report_errors  # a KiwiError ends in one line, not a traceback
 def main(cfg: DictConfig) -> None:
-    from kiwi.eval.run import run
+    from kiwi.eval.run import run  # heavy (torch, transformers): lazy, so --help and --cfg answer at once
 
     log_through_root()
     run(cfg)

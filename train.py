@@ -5,13 +5,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from kiwi.config import CONF_DIR, log_through_root, normalize_overrides, report_errors
+from kiwi.cli import CONF_DIR, log_through_root, normalize_overrides, report_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 @report_errors  # a KiwiError ends in one line, not a traceback
 def main(cfg: DictConfig) -> float | None:
-    from kiwi.train.run import run
+    from kiwi.train.run import run  # heavy (torch, lightning): lazy, so --help and --cfg answer at once
 
     log_through_root()
     result = run(cfg)

@@ -18,7 +18,7 @@ def compose(config_name: str, overrides: list[str], output_dir: Path | None = No
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from kiwi.config import CONF_DIR, normalize_overrides
+    from kiwi.cli import CONF_DIR, normalize_overrides
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

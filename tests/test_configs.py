@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from omegaconf import OmegaConf
 
-from kiwi.config import CONF_DIR, ROOT_DIR
+from kiwi.cli import CONF_DIR, ROOT_DIR
 from tests.helpers import compose
 
 PRIMARY = {"train.yaml", "eval.yaml"}
@@ -113,10 +114,10 @@ def test_trainer_configs_instantiate(option, tmp_path, kiwi_cache):
         return
     strategy = instantiate(cfg.trainer.strategy) if "strategy" in cfg.trainer else None
     if option == "deepspeed_a100":
-        assert type(strategy).__name__ == "DeepSpeedStrategy"
+        assert isinstance(strategy, DeepSpeedStrategy)
         assert strategy.config["zero_optimization"]["stage"] == 2
     if option == "fsdp":
-        assert type(strategy).__name__ == "FSDPStrategy"
+        assert isinstance(strategy, FSDPStrategy)
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match="(?i)gpu|cuda|accelerator|deepspeed"):
             instantiate(cfg.trainer, logger=False, callbacks=[])
@@ -124,7 +125,7 @@ def test_trainer_configs_instantiate(option, tmp_path, kiwi_cache):
 
 @pytest.mark.parametrize("option", ["wandb", "csv", "none"])
 def test_logger_configs_instantiate_offline(option, tmp_path, kiwi_cache):
-    from kiwi.train.run import instantiate_group
+    from kiwi.cli import instantiate_group
 
     cfg = compose("train", [f"logger={option}"], output_dir=tmp_path)
     loggers = instantiate_group(cfg.get("logger"))
@@ -133,7 +134,7 @@ def test_logger_configs_instantiate_offline(option, tmp_path, kiwi_cache):
 
 
 def test_callbacks_optimizer_scheduler_instantiate(tmp_path, kiwi_cache):
-    from kiwi.train.run import instantiate_group
+    from kiwi.cli import instantiate_group
 
     cfg = compose("train", [], output_dir=tmp_path)
     names = {type(cb).__name__ for cb in instantiate_group(cfg.callbacks)}
@@ -142,6 +143,41 @@ def test_callbacks_optimizer_scheduler_instantiate(tmp_path, kiwi_cache):
     opt = instantiate(cfg.optimizer)(params)
     sched = instantiate(cfg.scheduler)(opt, warmup_steps=2, total_steps=10)
     assert isinstance(opt, torch.optim.AdamW) and sched.get_last_lr()[0] < cfg.optimizer.lr
+
+
+def test_module_config_instantiates_kiwilm_around_the_built_model(tmp_path, kiwi_cache):
+    """``module`` is KiwiLM's config: its options from the file, the run-time arguments from train.py; the
+    model built once is used as is (not rebuilt), and a checkpoint rebuilds the module from the same hparams."""
+    from kiwi.model.build import as_dict, build_model
+    from kiwi.train.module import KiwiLM
+
+    cfg = compose("train", ["experiment=quickstart", "module.loss_chunk=64", "module.nonfinite_loss=skip"],
+                  output_dir=tmp_path)
+    built = build_model(cfg.model, cfg.paths.cache_dir, device="cpu")
+    module = instantiate(cfg.module)(model_cfg=as_dict(cfg.model), optimizer=as_dict(cfg.optimizer),
+                                     scheduler=as_dict(cfg.scheduler), warmup_steps=1, total_steps=5, built=built)
+    assert isinstance(module, KiwiLM) and module.model is built.model
+    hp = module.hparams
+    assert (hp.loss_chunk, hp.nonfinite_loss, hp.loss_impl) == (64, "skip", cfg.module.loss_impl)
+    assert (hp.cache_dir, hp.total_steps, hp.plan) == (cfg.paths.cache_dir, 5, built.plan.to_dict())
+
+
+def test_run_names_come_from_one_function(tmp_path, kiwi_cache):
+    """W&B's default run name is ``<task>-<setting>`` with the study's setting names (kiwi.cli.setting_name)."""
+    from kiwi.cli import setting_name
+
+    cases = {("model.layer_selection=solar", "model.layer_selection.identity_init=true"): "train-solar_id",
+             ("model.layer_selection=llama_pro",): "train-llama_pro",
+             ("model.layer_selection=interleave",): "train-interleave",
+             ("model.layer_selection=none",): "train-control_tokens",
+             ("model.layer_selection=none", "+budget.match_flops_layers=38"): "train-control_flops"}
+    for overrides, name in cases.items():
+        cfg = compose("train", ["logger=wandb", *overrides], output_dir=tmp_path)
+        assert cfg.logger.wandb.name == name
+    cfg = compose("train", ["logger=wandb", "logger.wandb.name=mine"], output_dir=tmp_path)
+    assert cfg.logger.wandb.name == "mine"
+    assert setting_name({"strategy": "stack", "identity_init": False, "trainable": "new"}) == "stack_new"
+    assert setting_name(None) == "control_tokens"
 
 
 def test_submitit_launcher_config_composes(tmp_path, kiwi_cache):

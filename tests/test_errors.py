@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kiwi.config import ROOT_DIR, error_line, report_errors
+from kiwi.cli import ROOT_DIR, error_line, report_errors
 from kiwi.errors import ConfigError, DataError, DeviceError, KiwiError
 
 ERROR = "kiwi: error: "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kiwi.config import ROOT_DIR
+from kiwi.cli import ROOT_DIR
 
 
 def _train(args: list[str], kiwi_cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:

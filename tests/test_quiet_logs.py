@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from kiwi.config import ROOT_DIR
+from kiwi.cli import ROOT_DIR
 
 HYDRA_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\]\[[\w.]+\]\[[A-Z]+\] - (.*)")  # Hydra's job_logging format
 LIBRARY_LINE = re.compile(r"^(?:INFO|WARNING|ERROR): (.*)")                     # lightning's own handler format

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from kiwi.config import ROOT_DIR
+from kiwi.cli import ROOT_DIR
 
 README = ROOT_DIR / "README.md"
 BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.M | re.S)

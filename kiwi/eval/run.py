@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from kiwi.cli import compose_option, instantiate_group, setting_name, task_wrapper
 from kiwi.errors import ConfigError, DeviceError, KiwiError
 from kiwi.eval.choice_scoring import score_choices
 from kiwi.eval.encoding import encode_pair, model_max_length, prefix_token_id
@@ -30,6 +31,9 @@ from kiwi.eval.metrics import choice_metrics, choice_records, rolling_metrics, r
 from kiwi.eval.perplexity import heldout_nll, score_documents
 from kiwi.eval.report import log_to_loggers, markdown_table, write_report
 from kiwi.eval.tasks import TARGET_DELIMITER, ChoiceDoc, TaskDataError, TextDoc, load_docs
+from kiwi.model.build import as_dict, build_model
+from kiwi.model.io import load_model
+from kiwi.model.loss import perplexity
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +48,12 @@ class ModelSpec:
     checkpoint: str | None = None  # the path or hub id, for entries of ``checkpoints``
 
 
-def _as_dict(node) -> dict:
-    if node is None:
-        return {}
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return dict(node)
-
-
 def selected_tasks(cfg: DictConfig) -> dict[str, dict]:
     """Task configs named by ``run_tasks``, validated before any model is loaded."""
     names = list(cfg.get("run_tasks") or [])
     if not names:
         raise ConfigError("run_tasks is empty: name at least one task (e.g. run_tasks=[hellaswag])")
-    available = _as_dict(cfg.get("tasks"))
+    available = as_dict(cfg.get("tasks"))
     out = {}
     for name in names:
         if name not in available:
@@ -73,29 +69,22 @@ def selected_tasks(cfg: DictConfig) -> dict[str, dict]:
 
 
 def _strategy_cfg(entry: Any, model_cfg: Mapping) -> dict:
-    """A strategy name (conf/model/layer_selection/<name>.yaml, sized like ``model.layer_selection``) or
-    a full layer_selection mapping."""
-    from kiwi.config import CONF_DIR
-
+    """A strategy name (the ``model/layer_selection`` option, composed by Hydra and sized like
+    ``model.layer_selection``) or a full layer_selection mapping."""
     if isinstance(entry, Mapping):
         return dict(entry)
-    path = CONF_DIR / "model" / "layer_selection" / f"{entry}.yaml"
-    if not path.exists():
-        raise ConfigError(f"strategies: unknown strategy {entry!r} (no {path})")
-    ls = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     current = model_cfg.get("layer_selection") or {}
-    for key in ("n_target", "param_budget"):
-        if key in current and key in ls:
-            ls[key] = current[key]
-    return ls
+    sizing = [f"model.layer_selection.{k}={'null' if current[k] is None else current[k]}"
+              for k in ("n_target", "param_budget") if k in current]
+    try:
+        return OmegaConf.to_container(compose_option("model/layer_selection", str(entry), sizing), resolve=True)
+    except ConfigError as err:
+        raise ConfigError(f"strategies: {err}") from err
 
 
 def model_specs(cfg: DictConfig, device: str) -> list[ModelSpec]:
     """Every model to evaluate, uniquely named, validated before any of them is loaded."""
-    from kiwi.model.build import build_model
-    from kiwi.model.io import load_model
-
-    model_cfg = _as_dict(cfg.get("model"))
+    model_cfg = as_dict(cfg.get("model"))
     if model_cfg:
         model_cfg["attn_implementation"] = cfg.attn_implementation
     cache_dir = cfg.paths.cache_dir
@@ -122,13 +111,13 @@ def model_specs(cfg: DictConfig, device: str) -> list[ModelSpec]:
         add_built("base", {"strategy": "none"})
     if model_cfg and cfg.get("evaluate_model", True):
         strategy = current.get("strategy", "none")
-        add_built("base" if strategy == "none" else f"{strategy}@step0", current)
+        add_built("base" if strategy == "none" else f"{setting_name(current)}@step0", current)
     for entry in cfg.get("strategies") or []:
         name = entry.get("name") if isinstance(entry, Mapping) else None
         if isinstance(entry, Mapping):
-            entry = {k: v for k, v in _as_dict(entry).items() if k != "name"}
+            entry = {k: v for k, v in as_dict(entry).items() if k != "name"}
         ls = _strategy_cfg(entry, model_cfg)
-        add_built(name or f"{ls.get('strategy')}@step0", ls)
+        add_built(name or f"{setting_name(ls)}@step0", ls)
     entries = [_checkpoint_entry(i, e) for i, e in enumerate(cfg.get("checkpoints") or [])]
     for (_, path), name in zip(entries, checkpoint_names(entries, reserved=built), strict=True):
 
@@ -149,7 +138,7 @@ def _checkpoint_entry(i: int, entry: Any) -> tuple[str | None, str]:
     """(explicit name or None, path) of one ``checkpoints`` entry: a path or ``{name: ..., path: ...}``."""
     if not isinstance(entry, Mapping):
         return None, str(entry)
-    entry = _as_dict(entry)
+    entry = as_dict(entry)
     unknown = set(entry) - {"name", "path"}
     if not entry.get("path") or unknown:
         raise ConfigError(f"checkpoints[{i}]: expected a path or {{name: ..., path: ...}}, got {entry}")
@@ -271,7 +260,7 @@ def evaluate_model(model, tokenizer, tasks: dict[str, dict], docs: dict, cfg, na
             metrics, records = evaluate_rolling_task(model, tokenizer, docs[task_name], cfg, desc)
         else:
             nll, n_tok = heldout_nll(model, heldout_batches(heldout, tokenizer, task.get("limit")), cfg.chunk, desc)
-            metrics = {"ppl": float(torch.tensor(nll / n_tok, dtype=torch.float64).exp()), "nll": nll,
+            metrics = {"ppl": perplexity(nll / n_tok), "nll": nll,
                        "tokens": n_tok}
         seconds = time.perf_counter() - start
         n = metrics.get("n")
@@ -295,53 +284,65 @@ def output_dir(cfg: DictConfig) -> Path:
         return Path.cwd() / "eval_outputs"
 
 
+@task_wrapper
 def run(cfg: DictConfig) -> dict:
-    from kiwi.train.run import finish_loggers, instantiate_group
-
+    """The steps of an evaluation: every model on every task, then one report."""
     tasks = selected_tasks(cfg)
     device = resolve_device(cfg.get("device", "auto"))
     specs = model_specs(cfg, device)
-    # Rows do not depend on the model: load (and validate) them once, before any model.
-    docs = {name: load_docs(t) for name, t in tasks.items() if t["type"] != "heldout"}
-    for name, task_docs in docs.items():
-        kind = ChoiceDoc if tasks[name]["type"] == "multiple_choice" else TextDoc
-        if not isinstance(task_docs[0], kind):
-            raise TaskDataError(f"task {name!r}: format {tasks[name]['format']!r} does not fit type "
-                                f"{tasks[name]['type']!r}")
+    docs = task_docs(tasks)  # rows do not depend on the model: loaded (and validated) once, before any model
     heldout = heldout_definitions(cfg, specs) if any(t["type"] == "heldout" for t in tasks.values()) else {}
-    stems = _sample_stems(s.name for s in specs)
     out_dir = output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_dir = out_dir / "samples" if cfg.get("log_samples") else None
     if samples_dir is not None:
         samples_dir.mkdir(exist_ok=True)
+    stems = _sample_stems(s.name for s in specs)
     loggers = instantiate_group(cfg.get("logger"))
 
     results: dict[str, dict] = {}
-    for spec in specs:
-        log.info("loading %s (%s)", spec.name, spec.source)
-        try:
-            model, tokenizer = spec.load()
-        except KiwiError as err:  # already says what to do: keep its type, so it prints as one line
-            raise type(err)(f"model {spec.name!r}: {err}") from err
-        except Exception as err:
-            raise RuntimeError(f"model {spec.name!r} ({spec.source}) could not be loaded: {err}") from err
-        model.to(device).eval()
-        results[spec.name] = evaluate_model(model, tokenizer, tasks, docs, cfg, spec.name, samples_dir,
-                                            stems[spec.name], heldout.get(spec.name))
-        del model
-        gc.collect()
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    for spec in specs:  # one model in memory at a time: loaded, evaluated, freed
+        results[spec.name] = evaluate_spec(spec, device, tasks, docs, cfg, samples_dir, stems[spec.name],
+                                           heldout.get(spec.name))
 
     meta = {"models": {s.name: s.source for s in specs}, "tasks": tasks, "device": device,
             "heldout_data": {name: h.describe() for name, h in heldout.items()},
             "config": OmegaConf.to_container(cfg, resolve=False)}
     paths = write_report(results, out_dir, meta)
     log_to_loggers(loggers, results, paths["chart"])
-    finish_loggers(loggers)
     print(f"\nkiwi eval: outputs in {out_dir}\n")
     print(markdown_table(results))
     for name, held in heldout.items():
         print(f"heldout for {name}: {held.describe()}")
     return results
+
+
+def task_docs(tasks: dict[str, dict]) -> dict[str, list]:
+    """The rows of every task that has rows (not ``heldout``), each checked to fit its task type."""
+    docs = {name: load_docs(t) for name, t in tasks.items() if t["type"] != "heldout"}
+    for name, rows in docs.items():
+        kind = ChoiceDoc if tasks[name]["type"] == "multiple_choice" else TextDoc
+        if not isinstance(rows[0], kind):
+            raise TaskDataError(f"task {name!r}: format {tasks[name]['format']!r} does not fit type "
+                                f"{tasks[name]['type']!r}")
+    return docs
+
+
+def evaluate_spec(spec: ModelSpec, device: str, tasks: dict[str, dict], docs: dict, cfg, samples_dir,
+                  sample_stem: str, heldout: HeldoutData | None) -> dict[str, dict]:
+    """Load one model, evaluate it on every task, and free it before returning, so the next one fits."""
+    log.info("loading %s (%s)", spec.name, spec.source)
+    try:
+        model, tokenizer = spec.load()
+    except KiwiError as err:  # already says what to do: keep its type, so it prints as one line
+        raise type(err)(f"model {spec.name!r}: {err}") from err
+    except Exception as err:
+        raise RuntimeError(f"model {spec.name!r} ({spec.source}) could not be loaded: {err}") from err
+    try:
+        model.to(device).eval()
+        return evaluate_model(model, tokenizer, tasks, docs, cfg, spec.name, samples_dir, sample_stem, heldout)
+    finally:
+        del model, tokenizer
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()

@@ -119,7 +119,7 @@ def gather(multirun_dir: str | Path, out_dir: str | Path | None = None) -> Gathe
 
 def log_to_wandb(g: Gathered, mode: str = "auto", project: str | None = None, group: str | None = None):
     """One extra run in the study's W&B group (offline without a login) holding the tables and the plot."""
-    from kiwi.train.loggers import resolve_wandb_mode
+    from kiwi.loggers import resolve_wandb_mode
 
     mode = resolve_wandb_mode(mode)
     if mode == "disabled":

@@ -1,4 +1,4 @@
-"""``train.py``'s body: build the upscaled model and the data, train for a token budget, report, export."""
+"""``train.py``'s task: build the upscaled model and the data, train for a token budget, report, export."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.strategies import FSDPStrategy
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kiwi.model.build import as_dict, build_model
+from kiwi.cli import instantiate_group, task_wrapper, validate_trainer
+from kiwi.errors import ConfigError
+from kiwi.model.build import BuiltModel, as_dict, build_model
 from kiwi.model.io import export_hf
-from kiwi.train.budget import flops_matched_tokens, make_budget, training_flops
+from kiwi.train.budget import Budget, flops_matched_tokens, make_budget, training_flops
 from kiwi.train.callbacks import CheckpointOnSignal, EmptyEpochGuard, RunInterrupted
 from kiwi.train.checkpoint import publish_checkpoint_dirs
 from kiwi.train.module import KiwiLM, perplexity
@@ -21,29 +26,137 @@ from kiwi.train.module import KiwiLM, perplexity
 log = logging.getLogger(__name__)
 
 
-def instantiate_group(cfg: DictConfig | None) -> list:
-    """Each entry of a group such as ``callbacks`` or ``logger`` that has a ``_target_``."""
-    if not cfg:
-        return []
-    return [instantiate(v) for v in cfg.values() if isinstance(v, DictConfig) and "_target_" in v]
+@task_wrapper
+def run(cfg: DictConfig) -> dict:
+    """Train and export; a SIGTERM/SIGINT at any point raises ``RunInterrupted`` (after saving the last
+    completed step as ``last.ckpt`` when there is one)."""
+    stopper = CheckpointOnSignal()  # from the very start: a signal during the model build stops the run too
+    stopper.install()
+    try:
+        return train(cfg, stopper)
+    finally:
+        stopper.restore()
 
 
-def run_name(cfg: DictConfig) -> str:
-    ls = cfg.model.get("layer_selection") or {}
-    name = f"{cfg.task_name}-{ls.get('strategy', 'none')}"
-    if ls.get("identity_init"):
-        name += "-id"
-    return name
+def train(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
+    """The steps of a training run, in order."""
+    validate_early(cfg)
+    if (reused := reused_export(cfg)) is not None:
+        return reused
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = accelerator_device(cfg.trainer)
+    built = build_model(cfg.model, cfg.paths.cache_dir, device=device)
+    datamodule = instantiate(cfg.data, tokenizer=built.tokenizer)
+    budget = training_budget(cfg, built)
+    # cfg.module is partial: run-time objects such as the built model cannot pass through OmegaConf
+    module: KiwiLM = instantiate(cfg.module)(
+        model_cfg=as_dict(cfg.model), optimizer=as_dict(cfg.optimizer),
+        scheduler=as_dict(cfg.get("scheduler")) or None, warmup_steps=budget.warmup_steps,
+        total_steps=budget.steps, device=device, built=built)
+    loggers = instantiate_group(cfg.get("logger"))
+    history = ValidationHistory()
+    trainer = make_trainer(cfg, budget, loggers, [history, stopper])
+    stopper.distributed = trainer.world_size > 1
+    publish_checkpoint_dirs(trainer.strategy)
+    log_start(cfg, built, module, budget, loggers)
+
+    history.before = _val_ppl(trainer, module, datamodule) if cfg.validate_before and not cfg.get("ckpt_path") else None
+    start = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except RunInterrupted:
+        raise stopper.error() from None  # names the checkpoint written while the exception unwound
+    fit_wall_s = time.perf_counter() - start
+    interrupted = stopper.interrupted
+    after = None if interrupted or trainer.fast_dev_run else _val_ppl(trainer, module, datamodule)
+    # history.before: after a resume, the step-0 value of the run it continues, if measured
+    result = {"val/ppl_before": history.before, "val/ppl": after, "steps": trainer.global_step,
+              "tokens": trainer.global_step * budget.tokens_per_step, "interrupted": interrupted}
+    if trainer.is_global_zero:
+        report_and_export(cfg, trainer, module, built, budget, history, result, fit_wall_s)
+    if interrupted:
+        raise stopper.error()
+    return result
 
 
 def accelerator_device(trainer_cfg: DictConfig) -> str:
     """Where the model will run, so build_model picks the attention kernel for it (flex_attention on CUDA)."""
-    import torch
-
     acc = str(trainer_cfg.get("accelerator", "auto"))
     if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
         return "cuda"
     return "cpu"
+
+
+def trainer_world_size(trainer_cfg: DictConfig) -> int:
+    """Processes the Trainer will run (devices x num_nodes), read from its config so that the budget's steps
+    are known before it is built. ``devices: auto`` (or -1) counts the GPUs, as Lightning does; on CPU it is 1."""
+    devices = trainer_cfg.get("devices", "auto")
+    if isinstance(devices, (list, ListConfig)):
+        per_node = len(devices)
+    elif devices in ("auto", -1):
+        per_node = max(torch.cuda.device_count(), 1) if accelerator_device(trainer_cfg) == "cuda" else 1
+    else:
+        per_node = int(devices)
+    return per_node * int(trainer_cfg.get("num_nodes") or 1)
+
+
+def training_budget(cfg: DictConfig, built: BuiltModel) -> Budget:
+    """Optimizer steps of the token budget (or of ``budget.match_flops_layers``' FLOPs) at this global batch."""
+    total_tokens = cfg.budget.total_tokens
+    if cfg.budget.get("match_flops_layers"):  # equal-compute control: as many FLOPs as a deeper model's
+        total_tokens = flops_matched_tokens(total_tokens, built.model.config, cfg.budget.match_flops_layers,
+                                            cfg.data.seq_len)
+    return make_budget(total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer_world_size(cfg.trainer),
+                       cfg.trainer.get("accumulate_grad_batches", 1), cfg.budget.warmup_fraction,
+                       cfg.trainer.get("max_steps"))
+
+
+def make_trainer(cfg: DictConfig, budget: Budget, loggers: list, extra_callbacks: list) -> L.Trainer:
+    """The configured Trainer, stopping at the budget's last step, with kiwi's own callbacks added."""
+    # train.py installs its own CheckpointOnSignal in any case (one handler, from the start of the run).
+    callbacks = [cb for cb in instantiate_group(cfg.get("callbacks")) if not isinstance(cb, CheckpointOnSignal)]
+    if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    callbacks += [*extra_callbacks, EmptyEpochGuard(f"data source {data_source_name(cfg)}")]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, max_steps=budget.steps)
+    world = trainer_world_size(cfg.trainer)
+    if trainer.world_size != world:
+        raise ConfigError(f"trainer: runs {trainer.world_size} processes, but devices x num_nodes in its config "
+                          f"give {world}, which the token budget was computed for; set trainer.devices explicitly")
+    return trainer
+
+
+def log_start(cfg: DictConfig, built: BuiltModel, module: KiwiLM, budget: Budget, loggers: list) -> None:
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info("model: %s -> %d layers, %.1fM params (%.1fM trainable)", built.base_path,
+             module.model.config.num_hidden_layers, n_params / 1e6, module.num_trainable_parameters() / 1e6)
+    log.info(budget.describe(cfg.budget.get("tokens_per_s_estimate")))
+    for lg in loggers:
+        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "n_params": n_params,
+                            "budget": budget.__dict__})
+
+
+def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built: BuiltModel, budget: Budget,
+                      history: ValidationHistory, result: dict, fit_wall_s: float) -> None:
+    """Rank 0 after fit: perplexity_report.json/.md, the Hugging Face export (adds ``hf_dir`` to ``result``)
+    and the summary printed at the end."""
+    out_dir = Path(cfg.paths.output_dir)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    flops = training_flops(module.model.config, result["tokens"], cfg.data.seq_len)
+    write_perplexity_report(out_dir, result["val/ppl_before"], result["val/ppl"], {
+        "steps": result["steps"], "tokens": result["tokens"], "tokens_per_step": budget.tokens_per_step,
+        "plan": built.plan.strategy, "n_params": n_params, "n_trainable": module.num_trainable_parameters(),
+        "train_flops": flops, "fit_wall_s": round(fit_wall_s, 2),
+        "val_curve": [{"step": st, "tokens": st * budget.tokens_per_step, "ppl": ppl} for st, ppl in history.points]})
+    if cfg.export_hf and not result["interrupted"] and isinstance(trainer.strategy, FSDPStrategy):
+        log.warning("FSDP: the model is sharded; export from the full checkpoint instead: "
+                    "python -m kiwi.train.export %s/checkpoints/last.ckpt <out_dir>", out_dir)
+    elif cfg.export_hf and not result["interrupted"]:
+        hf_dir = Path(cfg.get("export_dir") or out_dir / "hf_model")
+        result["hf_dir"] = str(export_hf(module.model, built.tokenizer, built.plan, hf_dir, base_model=built.base_path))
+    print_outputs(out_dir, result)
 
 
 class ValidationHistory(L.Callback):
@@ -72,9 +185,6 @@ class ValidationHistory(L.Callback):
 
 def validate_early(cfg: DictConfig) -> None:
     """Fail on config mistakes before any weights or data are touched (ConfigError / DeviceError)."""
-    from kiwi.config import validate_trainer
-    from kiwi.errors import ConfigError
-
     for key in ("model", "data", "trainer", "optimizer"):
         if cfg.get(key) is None:
             raise ConfigError(f"config: missing group '{key}'")
@@ -88,7 +198,7 @@ def validate_early(cfg: DictConfig) -> None:
     validate_trainer(cfg.trainer)
 
 
-def write_report(out_dir: Path, before: float | None, after: float | None, extra: dict) -> Path:
+def write_perplexity_report(out_dir: Path, before: float | None, after: float | None, extra: dict) -> Path:
     report = {"val_ppl_before": before, "val_ppl_after": after, **extra}
     path = out_dir / "perplexity_report.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -107,98 +217,6 @@ def _val_ppl(trainer: L.Trainer, module: KiwiLM, datamodule) -> float | None:
     if not current():
         trainer.validate(module, datamodule=datamodule, verbose=False)
     return perplexity(module.last_val[1]) if current() else None  # None: an empty held-out set
-
-
-def run(cfg: DictConfig) -> dict:
-    """Train and export; a SIGTERM/SIGINT at any point raises ``RunInterrupted`` (after saving the last
-    completed step as ``last.ckpt`` when there is one)."""
-    stopper = CheckpointOnSignal()  # from the very start: a signal during the model build stops the run too
-    stopper.install()
-    try:
-        return _run(cfg, stopper)
-    finally:
-        stopper.restore()
-
-
-def _run(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
-    validate_early(cfg)
-    reused = reused_export(cfg)
-    if reused is not None:
-        return reused
-    L.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    device = accelerator_device(cfg.trainer)
-    built = build_model(cfg.model, cfg.paths.cache_dir, device=device)
-    datamodule = instantiate(cfg.data, tokenizer=built.tokenizer)
-    loggers = instantiate_group(cfg.get("logger"))
-    for lg in loggers:
-        if hasattr(lg, "_wandb_init") and not lg._wandb_init.get("name"):
-            lg._wandb_init["name"] = run_name(cfg)
-    history = ValidationHistory()
-    callbacks = [cb for cb in instantiate_group(cfg.get("callbacks")) if not isinstance(cb, CheckpointOnSignal)]
-    callbacks += [history, stopper, EmptyEpochGuard(f"data source {data_source_name(cfg)}")]
-    if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
-        callbacks = [cb for cb in callbacks if type(cb).__name__ != "LearningRateMonitor"]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    stopper.distributed = trainer.world_size > 1
-    publish_checkpoint_dirs(trainer.strategy)
-
-    total_tokens = cfg.budget.total_tokens
-    if cfg.budget.get("match_flops_layers"):  # equal-compute control: as many FLOPs as a deeper model's
-        total_tokens = flops_matched_tokens(total_tokens, built.model.config, cfg.budget.match_flops_layers,
-                                            cfg.data.seq_len)
-    budget = make_budget(total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer.world_size,
-                         cfg.trainer.get("accumulate_grad_batches", 1), cfg.budget.warmup_fraction,
-                         cfg.trainer.get("max_steps"))
-    trainer.fit_loop.epoch_loop.max_steps = budget.steps  # the budget is known only once world_size is
-    module = KiwiLM(model_cfg=as_dict(cfg.model), optimizer=as_dict(cfg.optimizer),
-                    scheduler=as_dict(cfg.get("scheduler")) or None, cache_dir=cfg.paths.cache_dir,
-                    loss_chunk=cfg.module.loss_chunk, nonfinite_loss=cfg.module.nonfinite_loss,
-                    loss_impl=cfg.module.get("loss_impl", "auto"),
-                    warmup_steps=budget.warmup_steps, total_steps=budget.steps, device=device, built=built)
-    n_params = sum(p.numel() for p in module.model.parameters())
-    log.info("model: %s -> %d layers, %.1fM params (%.1fM trainable)", built.base_path,
-             module.model.config.num_hidden_layers, n_params / 1e6, module.num_trainable_parameters() / 1e6)
-    log.info(budget.describe(cfg.budget.get("tokens_per_s_estimate")))
-    for lg in loggers:
-        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "n_params": n_params,
-                            "budget": budget.__dict__})
-
-    before = _val_ppl(trainer, module, datamodule) if cfg.validate_before and not cfg.get("ckpt_path") else None
-    history.before = before
-    start = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except RunInterrupted:
-        raise stopper.error() from None  # names the checkpoint written while the exception unwound
-    fit_wall_s = time.perf_counter() - start
-    interrupted = stopper.interrupted
-    before = history.before  # after a resume: the step-0 value of the run it continues, if measured
-    after = None if interrupted or trainer.fast_dev_run else _val_ppl(trainer, module, datamodule)
-
-    result = {"val/ppl_before": before, "val/ppl": after, "steps": trainer.global_step,
-              "tokens": trainer.global_step * budget.tokens_per_step, "interrupted": interrupted}
-    if trainer.is_global_zero:
-        flops = training_flops(module.model.config, result["tokens"], cfg.data.seq_len)
-        write_report(out_dir, before, after, {"steps": result["steps"], "tokens": result["tokens"],
-                                              "tokens_per_step": budget.tokens_per_step,
-                                              "plan": built.plan.strategy, "n_params": n_params,
-                                              "n_trainable": module.num_trainable_parameters(),
-                                              "train_flops": flops, "fit_wall_s": round(fit_wall_s, 2),
-                                              "val_curve": [{"step": st, "tokens": st * budget.tokens_per_step,
-                                                             "ppl": ppl} for st, ppl in history.points]})
-        if cfg.export_hf and not interrupted and "FSDP" in type(trainer.strategy).__name__:
-            log.warning("FSDP: the model is sharded; export from the full checkpoint instead: "
-                        "python -m kiwi.train.export %s/checkpoints/last.ckpt <out_dir>", out_dir)
-        elif cfg.export_hf and not interrupted:
-            result["hf_dir"] = str(export_to(module, built, Path(cfg.get("export_dir") or out_dir / "hf_model")))
-        print_outputs(out_dir, result)
-    finish_loggers(loggers)
-    if interrupted:
-        raise stopper.error()
-    return result
 
 
 def data_source_name(cfg: DictConfig) -> str:
@@ -220,10 +238,6 @@ def reused_export(cfg: DictConfig) -> dict | None:
     return {"val/ppl": None, "hf_dir": str(export_dir), "reused": True}
 
 
-def export_to(module: KiwiLM, built, out: Path) -> Path:
-    return export_hf(module.model, built.tokenizer, built.plan, out, base_model=built.base_path)
-
-
 def print_outputs(out_dir: Path, result: dict) -> None:
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
     print(f"\nkiwi: outputs in {out_dir}")
@@ -240,10 +254,3 @@ def print_outputs(out_dir: Path, result: dict) -> None:
     if "hf_dir" in result:
         print(f"  Hugging Face model: {result['hf_dir']}")
     print(f"  report: {out_dir / 'perplexity_report.json'}")
-
-
-def finish_loggers(loggers: list) -> None:
-    """Close W&B runs so the next job of a multirun starts its own run."""
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
-            lg.experiment.finish()

@@ -20,7 +20,7 @@ def compose_cfg(kiwi_cache):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from kiwi.config import CONF_DIR
+    from kiwi.cli import CONF_DIR
 
     def _compose(config_name: str, overrides: list[str]):
         GlobalHydra.instance().clear()

@@ -15,7 +15,7 @@ import time
 import pytest
 from torch.utils.data import DataLoader
 
-from kiwi.config import ROOT_DIR
+from kiwi.cli import ROOT_DIR
 from kiwi.data import DataError, FileSource, PackedDataset
 from kiwi.data.datamodule import PackedDataModule
 from tests.data.data_helpers import deadline, make_docs, write_jsonl

@@ -71,7 +71,7 @@ def compose_eval(overrides: list[str], output_dir: Path):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from kiwi.config import CONF_DIR, normalize_overrides
+    from kiwi.cli import CONF_DIR, normalize_overrides
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

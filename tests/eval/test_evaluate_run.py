@@ -88,6 +88,8 @@ def test_bad_configs_fail_clearly(tmp_path, kiwi_cache, two_hf_models):
         (["run_tasks=[hellaswag]", f"checkpoints=[{tmp_path}/missing-model]"], "model 'missing-model'"),
         (["run_tasks=[arc_challenge]", f"checkpoints=[{two_hf_models[0]}]",
           f"tasks.arc_challenge.data_files={tmp_path}/none.jsonl"], "task 'arc_challenge': data file"),
+        (["run_tasks=[hellaswag]", "strategies=[solr]"],
+         r"strategies: model/layer_selection: unknown option 'solr'; available: \[.*'solar'"),
     ]
     for overrides, message in cases:
         cfg = compose_eval(base + overrides, tmp_path / "out")
@@ -203,3 +205,47 @@ def test_two_different_strategies_with_one_name_fail_and_named_ones_get_rows(tmp
     specs = model_specs(named, "cpu")
     assert [s.name for s in specs] == ["base", "solar@step0", "solar8"]
     assert "'n_target': 8" in specs[2].source and "name" not in specs[2].source
+
+
+def test_step0_strategies_are_composed_by_hydra_sized_like_the_model_and_named_by_their_setting(tmp_path, kiwi_cache):
+    """A strategy name is the model/layer_selection option as Hydra composes it, with model.layer_selection's
+    size; rows are named by kiwi.cli.setting_name, so identity variants of one strategy get distinct rows."""
+    from kiwi.cli import compose_option
+    from kiwi.eval.run import model_specs
+
+    strategies = "strategies=[solar, {strategy: solar, n_target: 10, identity_init: true}, llama_pro]"
+    cfg = compose_eval(["model=tiny", "compare_base=false", "model.layer_selection.n_target=10", strategies], tmp_path)
+    specs = model_specs(cfg, "cpu")
+    assert [s.name for s in specs] == ["interleave@step0", "solar@step0", "solar_id@step0", "llama_pro@step0"]
+    solar = compose_option("model/layer_selection", "solar", ["model.layer_selection.n_target=10"])
+    assert specs[1].source.endswith(str(dict(solar))) and "'n_target': 10" in specs[1].source
+    assert "'n_target': 10" in specs[3].source and "'trainable': 'new'" in specs[3].source
+
+
+def test_eval_never_imports_train():
+    """The import graph flows one way: kiwi.eval and the modules it shares with train.py (kiwi.cli,
+    kiwi.loggers) import nothing from kiwi.train."""
+    import ast
+
+    shared = [ROOT / "kiwi" / "cli.py", ROOT / "kiwi" / "loggers.py"]
+    for path in [*sorted((ROOT / "kiwi" / "eval").glob("*.py")), *shared]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n == "kiwi.train" or n.startswith("kiwi.train.")], path
+
+
+def test_wandb_gets_the_table_and_its_run_is_finished(tmp_path, kiwi_cache, two_hf_models):
+    """logger=wandb (offline): the results table and chart reach W&B, and the task wrapper finishes the run."""
+    import wandb
+
+    from kiwi.eval.run import run
+
+    cfg = compose_eval(["model=tiny", "compare_base=false", "evaluate_model=false", "logger=wandb",
+                        f"checkpoints=[{two_hf_models[0]}]", "run_tasks=[hellaswag]", "progress=false",
+                        "max_length=64", *_task_overrides()], tmp_path / "out")
+    run(cfg)
+    assert wandb.run is None
+    (run_dir,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    assert list((run_dir / "files" / "media" / "table" / "eval").glob("results_*.table.json"))
+    assert list((run_dir / "files" / "media" / "images" / "eval").glob("chart_*.png"))

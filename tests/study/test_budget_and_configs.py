@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import Qwen2Config
 
-from kiwi.config import CONF_DIR
+from kiwi.cli import CONF_DIR
 from kiwi.errors import ConfigError
 from kiwi.study.jobs import variant_label
 from kiwi.train.budget import flops_matched_tokens, training_flops

@@ -150,10 +150,53 @@ def test_export_round_trip(tmp_path, kiwi_cache):
 
 
 def test_wandb_offline_run_files_written(tmp_path, kiwi_cache):
+    import wandb
+
     from kiwi.train.run import run
 
     run(_cfg(tmp_path, ["trainer.max_steps=2", "logger=wandb"]))
+    assert wandb.run is None  # finished: the next job of a multirun starts its own run
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert any(runs[0].glob("*.wandb"))
     assert (tmp_path / "layer_plan.png").exists()
+
+
+def test_wandb_run_is_finished_when_training_fails(tmp_path, kiwi_cache):
+    """The task wrapper finishes W&B in ``finally``: a failed job leaves no open run behind."""
+    import wandb
+
+    from kiwi.train.module import NonFiniteLossError
+    from kiwi.train.run import run
+
+    cfg = _cfg(tmp_path, ["trainer.max_steps=3", "logger=wandb"],
+               {"poison": {"_target_": "tests.train.callbacks_for_tests.PoisonLossAtStep", "step": 1}})
+    with pytest.raises(NonFiniteLossError):
+        run(cfg)
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "the run had started"
+    assert wandb.run is None
+
+
+def test_budget_sets_max_steps_of_the_trainer_it_builds(tmp_path, kiwi_cache):
+    """Steps come from the token budget and devices x num_nodes of the trainer config, before the Trainer
+    exists, and agree with the world size Lightning then runs (DDP on 2 CPU processes, not launched)."""
+    from kiwi.model.build import build_model
+    from kiwi.train.run import make_trainer, trainer_world_size, training_budget
+
+    cfg = _cfg(tmp_path, ["trainer.devices=2", "+trainer.strategy=ddp", "budget.total_tokens=2000"])
+    built = build_model(cfg.model, cfg.paths.cache_dir, device="cpu")
+    budget = training_budget(cfg, built)
+    assert trainer_world_size(cfg.trainer) == 2 and budget.tokens_per_step == 2 * 128 * 2
+    trainer = make_trainer(cfg, budget, [], [])
+    assert trainer.world_size == 2 and trainer.max_steps == budget.steps == 4  # ceil(2000 / 512)
+    for devices, nodes, world in ((1, 1, 1), ("auto", 1, 1), ([0, 1, 2], 2, 6), (4, 3, 12)):
+        tc = _cfg(tmp_path, [f"trainer.devices={devices}", f"trainer.num_nodes={nodes}"]).trainer
+        assert trainer_world_size(tc) == world, (devices, nodes)
+
+
+def test_budget_alone_ends_the_run(tmp_path, kiwi_cache):
+    """No trainer.max_steps: the run stops at the budget's step count."""
+    from kiwi.train.run import run
+
+    result = run(_cfg(tmp_path, ["trainer.max_steps=-1", "budget.total_tokens=700"]))  # 700 / (2 x 128) -> 3
+    assert result["steps"] == 3 and result["tokens"] == 3 * 256

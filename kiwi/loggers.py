@@ -1,4 +1,6 @@
-"""W&B that never crashes or hangs on a missing login: offline unless a key or login is configured."""
+"""W&B that never crashes or hangs on a missing login: offline unless a key or login is configured.
+
+Shared by train.py and evaluate.py (conf/logger/wandb.yaml), so it lives outside kiwi.train."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ def resolve_wandb_mode(mode: str) -> str:
 
 def wandb_logger(project: str, save_dir: str, name: str | None = None, group: str | None = None,
                  tags=None, mode: str = "auto", job_type: str | None = None, **kwargs):
+
     mode = resolve_wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     logger = WandbLogger(project=project, save_dir=save_dir, name=name, group=group,

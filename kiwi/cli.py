@@ -1,4 +1,8 @@
-"""Config helpers shared by the entry points: argv normalisation, resolvers, error reporting, log routing."""
+"""What train.py and evaluate.py share: argv normalisation, resolvers, config composition and checks, the
+task wrapper (one-line errors, W&B closed in ``finally``), instantiation of config groups, and run names.
+
+Neutral ground: it imports nothing from kiwi.train or kiwi.eval, so both tasks can import it.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,17 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException, MissingConfigException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from kiwi.errors import ConfigError, DeviceError, KiwiError
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT_DIR / "conf"
@@ -32,9 +43,44 @@ def normalize_overrides(argv: Sequence[str]) -> list[str]:
     return out
 
 
+# The names of the study's controls (conf/study/<name>.yaml): strategy none, trained on the same tokens or
+# on the FLOPs of a deeper model.
+CONTROL_TOKENS = "control_tokens"
+CONTROL_FLOPS = "control_flops"
+# LLaMA Pro's names in conf/study/: the published setting (identity copies, only they train) is plain
+# `llama_pro`, as `model.layer_selection=llama_pro` gives it; the other two name what differs from it.
+LLAMA_PRO_NAMES = {(True, "new"): "llama_pro", (True, "all"): "llama_pro_all", (False, "all"): "llama_pro_noid"}
+
+
+def setting_name(layer_selection: Mapping | None, match_flops: bool = False) -> str:
+    """The one name of an up-scaling setting, used for W&B runs, evaluate.py's step-0 rows and study rows.
+
+    Derived from the resolved options rather than from how they were asked for, so `+study=solar_id` and
+    `model.layer_selection=solar model.layer_selection.identity_init=true` get the same name: strategy,
+    + `_id` (identity_init), + `_new` (only the copies train); conf/study's names for LLaMA Pro and the
+    controls (strategy none)."""
+    ls = layer_selection or {}
+    strategy = str(ls.get("strategy") or "none")
+    identity, trainable = bool(ls.get("identity_init", False)), str(ls.get("trainable") or "all")
+    if strategy == "none":
+        return CONTROL_FLOPS if match_flops else CONTROL_TOKENS
+    if strategy == "llama_pro" and (identity, trainable) in LLAMA_PRO_NAMES:
+        return LLAMA_PRO_NAMES[identity, trainable]
+    return strategy + ("_id" if identity else "") + ("_new" if trainable == "new" else "")
+
+
+def run_name(cfg: Mapping) -> str:
+    """``<task>-<setting>``: the default W&B run name (conf/logger/wandb.yaml resolves it)."""
+    model = cfg.get("model") or {}
+    match_flops = bool((cfg.get("budget") or {}).get("match_flops_layers"))
+    return f"{cfg.get('task_name')}-{setting_name(model.get('layer_selection'), match_flops)}"
+
+
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("kiwi_root"):
         OmegaConf.register_new_resolver("kiwi_root", lambda: str(ROOT_DIR))
+    if not OmegaConf.has_resolver("kiwi_run_name"):
+        OmegaConf.register_new_resolver("kiwi_run_name", lambda *, _root_: run_name(_root_))
 
 
 _register_resolvers()
@@ -43,9 +89,7 @@ _register_resolvers()
 def validate_trainer(tc: DictConfig) -> None:
     """The trainer values Lightning would reject only after the model is built, and a GPU trainer on a
     machine without one (Lightning says only "No supported gpu backend found!")."""
-    import torch
-
-    from kiwi.errors import ConfigError, DeviceError
+    import torch  # heavy: lazy, so that train.py/evaluate.py --help and --cfg answer at once
 
     def integer(key: str, minimum: int, allowed: tuple = ()) -> None:
         value = tc.get(key)
@@ -76,6 +120,59 @@ def validate_trainer(tc: DictConfig) -> None:
                           "on this machine; use trainer=cpu (e.g. `python train.py experiment=quickstart`)")
 
 
+def compose_option(group: str, option: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """One option of a config group (``model/layer_selection``, ``solar``) composed by Hydra, its defaults
+    list and ``overrides`` applied: the file as ``group=option`` on the command line would give it.
+
+    Works inside a Hydra app (the app's search path) and outside one (conf/)."""
+    ovs = [f"+{group}={option}", *overrides]
+    try:
+        if GlobalHydra.instance().is_initialized():
+            cfg = compose(overrides=ovs)
+        else:
+            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+                cfg = compose(overrides=ovs)
+    except MissingConfigException as err:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        raise ConfigError(f"{group}: unknown option {option!r}; available: {options}") from err
+    except HydraException as err:  # e.g. an override of a key the option does not have
+        raise ConfigError(f"{group}={option}: {' '.join(str(err).split())}") from err
+    return OmegaConf.select(cfg, group.replace("/", "."))
+
+
+def instantiate_group(cfg: DictConfig | None) -> list:
+    """Each entry of a group such as ``callbacks`` or ``logger`` that has a ``_target_``."""
+    if not cfg:
+        return []
+    return [instantiate(v) for v in cfg.values() if isinstance(v, DictConfig) and "_target_" in v]
+
+
+def task_wrapper(task: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a task function (``train``, ``evaluate``): the W&B run it started is finished in ``finally``,
+    marked failed when the task raised, so the next job of a multirun starts its own run and a crashed run
+    is not left open."""
+
+    @functools.wraps(task)
+    def wrapped(*args, **kwargs):
+        ok = False
+        try:
+            result = task(*args, **kwargs)
+            ok = True
+            return result
+        finally:
+            finish_wandb(exit_code=0 if ok else 1)
+
+    return wrapped
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Finish the current W&B run, if one was started (wandb is looked up, not imported: a run without
+    W&B never pays for the import)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
 def error_line(err: BaseException) -> str:
     """The one line a user sees for an anticipated error.
 
@@ -99,7 +196,6 @@ def report_errors(task: Callable) -> Callable:
     handled here, before Hydra sees it; ``SystemExit`` passes through Hydra in single runs and multiruns
     alike. ``HYDRA_FULL_ERROR=1`` re-raises it for the full traceback; unexpected exceptions always keep theirs.
     """
-    from kiwi.errors import KiwiError
 
     @functools.wraps(task)
     def wrapped(*args, **kwargs):
