@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,10 @@ def log_through_root() -> None:
     propagate to the root, so each of their lines appeared twice; transformers prints through its own
     handler only, so its lines missed the job log. Imported here first so that no later import re-adds one.
     """
+    # lightning 2.6.6 builds torch's LeafSpec, which torch 2.13 deprecates with a FutureWarning on every
+    # batch transfer: nothing a user can act on. Only that message from that one module is dropped.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
     root = logging.getLogger()
     if not root.handlers:  # not under Hydra's job logging: leave the libraries' defaults alone
         return

@@ -14,7 +14,7 @@ from kiwi.cli import ROOT_DIR
 
 HYDRA_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\]\[[\w.]+\]\[[A-Z]+\] - (.*)")  # Hydra's job_logging format
 LIBRARY_LINE = re.compile(r"^(?:INFO|WARNING|ERROR): (.*)")                     # lightning's own handler format
-ACTIONLESS = ("module(s) in eval mode", "litlogger", "anonymous setting")
+ACTIONLESS = ("module(s) in eval mode", "litlogger", "anonymous setting", "LeafSpec")
 
 
 def log_messages(output: str) -> list[str]:
@@ -42,3 +42,5 @@ def test_quickstart_prints_each_line_once_and_no_actionless_warning(tmp_path, ki
     assert not repeated, repeated
     for text in ACTIONLESS:
         assert text not in out, text
+    python_warnings = re.findall(r"^.*\b\w*Warning: .*$", out, flags=re.M)  # warnings.warn's format
+    assert not python_warnings, python_warnings

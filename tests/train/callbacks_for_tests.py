@@ -139,7 +139,7 @@ def slow_data_module(slow_after_rows: int, marker: str, **data_cfg):
     class SlowDataModule(PackedDataModule):
         def train_dataloader(self):
             self.setup("fit")
-            return self._loader(_SlowAfter(self.train_dataset, slow_after_rows, marker), self.batch_size)
+            return self._loader(_SlowAfter(self.train_dataset, slow_after_rows, marker), self.batch_size, 0)
 
     return SlowDataModule(**data_cfg)
 

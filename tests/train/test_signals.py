@@ -52,8 +52,10 @@ def _signal_and_finish(proc: subprocess.Popen, signum: int, timeout: float = 60.
 
 
 def _reason(err: str) -> str:
-    """The last line of the error output (Hydra's hint about HYDRA_FULL_ERROR aside)."""
-    return [ln for ln in err.splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln][-1]
+    """The one error line the entry point prints (``kiwi: error: ...``); exactly one is expected."""
+    lines = [ln for ln in err.splitlines() if ln.startswith("kiwi: error:")]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0]
 
 
 def _step(path: Path) -> int:
