@@ -29,15 +29,20 @@ class PoisonLossAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step != self.step or getattr(pl_module, "_poisoned", False):
             return
-        original = pl_module.nll
-
-        def poisoned(b):
-            nll, n = original(b)
-            pl_module.nll = original
-            return nll * torch.tensor(float("nan")), n
-
         pl_module._poisoned = True
-        pl_module.nll = poisoned
+        poison_next_loss(pl_module)
+
+
+def poison_next_loss(pl_module) -> None:
+    """The module's next ``nll`` call returns NaN (once), as a bad batch or an overflow would."""
+    original = pl_module.nll
+
+    def poisoned(b):
+        nll, n = original(b)
+        pl_module.nll = original
+        return nll * torch.tensor(float("nan")), n
+
+    pl_module.nll = poisoned
 
 
 class PoisonLossAtBatch(L.Callback):
@@ -50,16 +55,8 @@ class PoisonLossAtBatch(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._seen += 1
-        if self._seen != self.batch + 1:
-            return
-        original = pl_module.nll
-
-        def poisoned(b):
-            nll, n = original(b)
-            pl_module.nll = original
-            return nll * torch.tensor(float("nan")), n
-
-        pl_module.nll = poisoned
+        if self._seen == self.batch + 1:
+            poison_next_loss(pl_module)
 
 
 class _BlockWhenPickled:
