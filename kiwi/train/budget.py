@@ -64,3 +64,11 @@ def training_flops(config, tokens: int, seq_len: int) -> float:
     from kiwi.train.flops import flops_per_token
 
     return float(tokens) * flops_per_token(config, [seq_len])
+
+
+def tokens_per_param_budget(tokens_per_param: float, model) -> int:
+    """``budget.tokens_per_param`` x every parameter of ``model`` (tied embeddings once): the training
+    regime (Qwen2.5-0.5B saw ~36,000 tokens per parameter) as a token budget."""
+    if tokens_per_param is None or float(tokens_per_param) <= 0:
+        raise ValueError(f"budget.tokens_per_param: expected a positive number, got {tokens_per_param}")
+    return int(round(float(tokens_per_param) * sum(p.numel() for p in model.parameters())))

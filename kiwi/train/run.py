@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kiwi.model.build import as_dict, build_model
-from kiwi.train.budget import flops_matched_tokens, make_budget, training_flops
+from kiwi.train.budget import flops_matched_tokens, make_budget, tokens_per_param_budget, training_flops
 from kiwi.train.callbacks import CheckpointOnSignal, EmptyEpochGuard, RunInterrupted
 from kiwi.train.checkpoint import publish_checkpoint_dirs
 from kiwi.train.export import export_hf
@@ -146,6 +146,8 @@ def _run(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
     publish_checkpoint_dirs(trainer.strategy)
 
     total_tokens = cfg.budget.total_tokens
+    if cfg.budget.get("tokens_per_param"):  # a training regime: tokens per parameter of the model trained
+        total_tokens = tokens_per_param_budget(cfg.budget.tokens_per_param, built.model)
     if cfg.budget.get("match_flops_layers"):  # equal-compute control: as many FLOPs as a deeper model's
         total_tokens = flops_matched_tokens(total_tokens, built.model.config, cfg.budget.match_flops_layers,
                                             cfg.data.seq_len)
