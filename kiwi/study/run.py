@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> float:
         Path(args.out, "wall_time.json").write_text(json.dumps(
             {"study_wall_s": round(wall, 1), "regimes": args.regimes, "seeds": args.seeds,
              "variants": args.variants, "cpus": os.cpu_count()}, indent=2) + "\n")
-    print(f"kiwi.study.run: whole study (bases + jobs) {wall / 60:.1f} min wall")
+        print(f"kiwi.study.run: whole study (bases + jobs) {wall / 60:.1f} min wall")
     return wall
 
 
