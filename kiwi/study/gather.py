@@ -137,6 +137,13 @@ def reading(summary: Sequence[dict], regime: str) -> list[str]:
     out = []
     if noise is not None:
         out.append(f"Seed-to-seed std of the equal-token control's final perplexity: {noise:.2f}% of its mean.")
+    if noise is not None:
+        small = [f"{r['variant']} vs {label}" for r in rows for c, label in
+                 ((CONTROL_TOKENS, "equal tokens"), (CONTROL_FLOPS, "equal FLOPs"))
+                 if r["diffs"].get(c) is not None and abs(r["diffs"][c].mean) < noise]
+        out.append(("Mean differences smaller than that std (within the seed-to-seed spread of one run): "
+                    + "; ".join(small) + ".") if small else
+                   "Every mean difference is larger than that std.")
     out.append("Established (95% interval excludes zero): " + ("; ".join(established) if established else
                                                               "nothing") + ".")
     out.append("Not established (interval includes zero): " + ("; ".join(open_) if open_ else "nothing") + ".")
