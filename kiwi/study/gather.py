@@ -1,31 +1,34 @@
-"""Gather a tiny_dus multirun into one table (markdown + CSV) and one plot (PNG), logged to W&B.
+"""Gather DUS study multiruns (one per regime) into tables (markdown + CSV) and one plot (PNG), logged to W&B.
 
-    python -m kiwi.study.gather logs/tiny_dus/multiruns/<time> [--out DIR] [--wandb auto|offline|disabled]
+    python -m kiwi.study.gather logs/study_cpu/tpp2 logs/study_cpu/tpp32 [--out DIR] [--wandb auto|offline|disabled]
 
-Writes results.md (best lr per variant, then every job), results.csv, best.csv and curves.png into
-``--out`` (default: <multirun dir>/study).
+Writes results.md (per regime: the base, mean ± std per variant, paired 95% intervals against both
+controls, the reading), summary.csv, results.csv (every job), base_curves.csv and curves.png into ``--out``
+(default: <first multirun dir>/study).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiwi.study.jobs import StudyJob, load_jobs
+from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob, load_jobs
 from kiwi.study.plot import plot_curves
+from kiwi.study.stats import last_doubling_improvement
 from kiwi.study.table import (
-    BEST_COLUMNS,
     COLUMNS,
     IDENTITY_RTOL,
+    SUMMARY_COLUMNS,
+    SUMMARY_CSV_COLUMNS,
     all_rows,
-    base_ppl,
-    best_jobs,
-    best_rows,
+    summary_rows,
     to_markdown,
     write_csv,
 )
@@ -34,32 +37,63 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class BaseInfo:
+    """The base a regime continues: its size, training tokens and held-out curve (its own report)."""
+
+    regime: str
+    report: Path | None
+    n_params: int | None = None
+    tokens: int | None = None
+    ppl: float | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    last_doubling: tuple[int, float, float] | None = None  # (half tokens, ppl there, improvement %)
+    fit_wall_s: float | None = None
+
+    @property
+    def tokens_per_param(self) -> float | None:
+        return self.tokens / self.n_params if self.tokens and self.n_params else None
+
+
+@dataclass
 class Gathered:
     jobs: list[StudyJob]
     incomplete: list[Path]
     rows: list[dict]
-    best: list[dict]
+    summary: list[dict]
+    bases: dict[str, BaseInfo]
     files: dict[str, Path]
 
 
+def base_report_path(base_dir: str | Path) -> Path:
+    """Where experiment=study_*_base writes its run (report and held-out curve): beside the export."""
+    return Path(str(base_dir) + ".run") / "perplexity_report.json"
+
+
+def base_info(regime: str, base_dir: str | None) -> BaseInfo:
+    path = base_report_path(base_dir) if base_dir else None
+    if path is None or not path.exists():
+        return BaseInfo(regime, None)
+    report = json.loads(path.read_text())
+    curve = [(int(p["tokens"]), float(p["ppl"])) for p in report.get("val_curve", [])]
+    return BaseInfo(regime, path, report.get("n_params"), report.get("tokens"), report.get("val_ppl_after"),
+                    curve, last_doubling_improvement(curve), report.get("fit_wall_s"))
+
+
 def environment_line() -> str:
+    import os
+
     import lightning
     import torch
     import transformers
 
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
     return (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}"
-            f" ({_cpus()} CPUs), Python {platform.python_version()}, torch {torch.__version__}, "
+            f" ({cpus} CPUs), Python {platform.python_version()}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}, lightning {lightning.__version__}")
 
 
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-
-
 def identity_summary(rows: Sequence[dict]) -> str:
-    ident = [r for r in rows if r["init"] == "identity"]
+    ident = [r for r in rows if r["identity_init"] and r["strategy"] != "none"]
     if not ident:
         return "No identity_init variants in this sweep."
     ident = [r for r in ident if r.get("step0_vs_base") is not None]
@@ -71,49 +105,108 @@ def identity_summary(rows: Sequence[dict]) -> str:
             f"({verdict}, tolerance {IDENTITY_RTOL:g}).")
 
 
-def markdown_report(multirun_dir: Path, g: Gathered, plot_name: str) -> str:
-    base = base_ppl(g.jobs)
-    wall = sum(j.wall_s or 0 for j in g.jobs)
+def base_lines(b: BaseInfo) -> list[str]:
+    if b.report is None:
+        return ["The base's own report (its held-out curve) was not found beside its export."]
+    line = (f"Base: {b.n_params:,} parameters trained on {b.tokens:,} tokens = "
+            f"**{b.tokens_per_param:.1f} tokens/parameter**, final held-out perplexity {b.ppl:.2f}.")
+    if b.last_doubling:
+        half, p_half, imp = b.last_doubling
+        line += (f" Over its last doubling of tokens ({half:,} -> {b.tokens:,}) its held-out perplexity "
+                 f"improved by **{imp:.2f}%** ({p_half:.2f} -> {b.ppl:.2f}; "
+                 f"{'under' if imp < 2 else 'NOT under'} the 2% of an over-trained base).")
+    return [line]
+
+
+def reading(summary: Sequence[dict], regime: str) -> list[str]:
+    """What the intervals establish and what they do not, in words."""
+    rows = [r for r in summary if r["regime"] == regime]
+    ctrl = next((r for r in rows if r["variant"] == CONTROL_TOKENS), None)
+    noise = (100 * ctrl["ppl_end_std"] / ctrl["ppl_end_mean"]) if ctrl and ctrl["ppl_end_std"] else None
+    established, open_ = [], []
+    for r in rows:
+        for ctrl_name, label in ((CONTROL_TOKENS, "equal tokens"), (CONTROL_FLOPS, "equal FLOPs")):
+            d = r["diffs"].get(ctrl_name)
+            if d is None or d.low is None:
+                continue
+            text = f"{r['variant']} vs {label}: {d.mean:+.2f}% [{d.low:+.2f}, {d.high:+.2f}]"
+            if d.excludes_zero:
+                established.append(text + (" (better)" if d.high < 0 else " (worse)"))
+            else:
+                open_.append(text)
+    out = []
+    if noise is not None:
+        out.append(f"Seed-to-seed std of the equal-token control's final perplexity: {noise:.2f}% of its mean.")
+    if noise is not None:
+        small = [f"{r['variant']} vs {label}" for r in rows for c, label in
+                 ((CONTROL_TOKENS, "equal tokens"), (CONTROL_FLOPS, "equal FLOPs"))
+                 if r["diffs"].get(c) is not None and abs(r["diffs"][c].mean) < noise]
+        out.append(("Mean differences smaller than that std (within the seed-to-seed spread of one run): "
+                    + "; ".join(small) + ".") if small else
+                   "Every mean difference is larger than that std.")
+    out.append("Established (95% interval excludes zero): " + ("; ".join(established) if established else
+                                                              "nothing") + ".")
+    out.append("Not established (interval includes zero): " + ("; ".join(open_) if open_ else "nothing") + ".")
+    return out
+
+
+def markdown_report(dirs: Sequence[Path], g: Gathered, plot_name: str) -> str:
+    wall = sum(j.wall_s or 0 for j in g.jobs) + sum(b.fit_wall_s or 0 for b in g.bases.values())
+    seeds = sorted({j.seed for j in g.jobs})
     lines = [
-        f"# DUS study: {multirun_dir}",
+        "# DUS study: " + ", ".join(str(d) for d in dirs),
         "",
         f"{len(g.jobs)} finished jobs" + (f", {len(g.incomplete)} unfinished" if g.incomplete else "")
-        + (f"; base held-out perplexity {base:.3f}." if base is not None else "."),
-        f"Sum of training (fit) wall time: {wall / 60:.1f} min. Gathered {environment_line()}.",
+        + f"; seeds {seeds}. Sum of training (fit) wall time, bases included: {wall / 60:.1f} min. "
+        f"Gathered {environment_line()}.",
         "",
         identity_summary(g.rows),
         "",
-        "Deltas are relative differences of the final held-out perplexity (negative = better than the control).",
+        "Paired differences: per seed 100 (variant / control - 1) of the final held-out perplexity (negative "
+        "= better than the control), mean and 95% t interval over seeds; * = the interval excludes zero.",
         "",
-        "## Best learning rate per variant",
-        "",
-        "Deltas against each control at its own best learning rate.",
-        "",
-        to_markdown(g.best, BEST_COLUMNS),
-        f"![held-out perplexity vs tokens]({plot_name})",
-        "",
-        "## Every job",
-        "",
-        "Deltas against the controls trained at the same learning rate.",
-        "",
-        to_markdown(g.rows, COLUMNS),
     ]
+    for regime, b in g.bases.items():
+        lines += [f"## Base at {regime}", "", *base_lines(b), "",
+                  to_markdown([r for r in g.summary if r["regime"] == regime], SUMMARY_COLUMNS[1:]),
+                  *reading(g.summary, regime), ""]
+    lines += [f"![held-out perplexity vs tokens]({plot_name})", "", "## Every job", "",
+              "Deltas against the controls of the same regime, learning rate and seed.", "",
+              to_markdown(g.rows, COLUMNS)]
     if g.incomplete:
-        lines += ["Unfinished jobs (no perplexity_report.json): " + ", ".join(p.name for p in g.incomplete), ""]
+        lines += ["Unfinished jobs (no perplexity_report.json): " + ", ".join(str(p) for p in g.incomplete), ""]
     return "\n".join(lines)
 
 
-def gather(multirun_dir: str | Path, out_dir: str | Path | None = None) -> Gathered:
-    multirun_dir = Path(multirun_dir)
-    out = Path(out_dir) if out_dir else multirun_dir / "study"
+def write_base_curves(bases: dict[str, BaseInfo], path: Path) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["regime", "n_params", "tokens", "ppl"])
+        for b in bases.values():
+            for tokens, ppl in b.curve:
+                writer.writerow([b.regime, b.n_params, tokens, ppl])
+    return path
+
+
+def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> Gathered:
+    dirs = [Path(multirun_dirs)] if isinstance(multirun_dirs, (str, Path)) else [Path(d) for d in multirun_dirs]
+    out = Path(out_dir) if out_dir else dirs[0] / "study"
     out.mkdir(parents=True, exist_ok=True)
-    jobs, incomplete = load_jobs(multirun_dir)
-    g = Gathered(jobs, incomplete, all_rows(jobs), best_rows(jobs), {})
+    jobs, incomplete = [], []
+    for d in dirs:
+        found, missing = load_jobs(d)
+        jobs += found
+        incomplete += missing
+    bases = {}
+    for job in sorted(jobs, key=lambda j: (j.base_tokens_per_param or 0.0, j.regime)):
+        bases.setdefault(job.regime, base_info(job.regime, job.base_dir))
+    g = Gathered(jobs, incomplete, all_rows(jobs), summary_rows(jobs), bases, {})
     g.files["csv"] = write_csv(g.rows, COLUMNS, out / "results.csv")
-    g.files["best_csv"] = write_csv(g.best, BEST_COLUMNS, out / "best.csv")
-    g.files["plot"] = plot_curves(best_jobs(jobs), out / "curves.png", base_ppl(jobs))
+    g.files["summary_csv"] = write_csv(g.summary, SUMMARY_CSV_COLUMNS, out / "summary.csv")
+    g.files["base_curves"] = write_base_curves(bases, out / "base_curves.csv")
+    g.files["plot"] = plot_curves(jobs, out / "curves.png")
     g.files["markdown"] = out / "results.md"
-    g.files["markdown"].write_text(markdown_report(multirun_dir, g, g.files["plot"].name))
+    g.files["markdown"].write_text(markdown_report(dirs, g, g.files["plot"].name))
     return g
 
 
@@ -127,10 +220,10 @@ def log_to_wandb(g: Gathered, mode: str = "auto", project: str | None = None, gr
     import wandb
 
     project = project or next((j.wandb_project for j in g.jobs if j.wandb_project), "kiwi")
-    group = group or next((j.wandb_group for j in g.jobs if j.wandb_group), "tiny_dus")
+    group = group or next((j.wandb_group for j in g.jobs if j.wandb_group), "dus_study")
     run = wandb.init(project=project, group=group, job_type="gather", name=f"{group}-gather", mode=mode,
                      dir=str(g.files["markdown"].parent), reinit="finish_previous")
-    tables = {"study/all_jobs": (g.rows, COLUMNS), "study/best_lr": (g.best, BEST_COLUMNS)}
+    tables = {"study/all_jobs": (g.rows, COLUMNS), "study/summary": (g.summary, SUMMARY_CSV_COLUMNS)}
     for key, (rows, columns) in tables.items():
         run.log({key: wandb.Table(columns=list(columns), data=[[r.get(c) for c in columns] for r in rows])})
     run.log({"study/curves": wandb.Image(str(g.files["plot"]))})
@@ -140,13 +233,13 @@ def log_to_wandb(g: Gathered, mode: str = "auto", project: str | None = None, gr
 
 def main(argv: list[str] | None = None) -> Gathered:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("multirun_dir", help="a `train.py -m experiment=tiny_dus ...` sweep directory")
-    parser.add_argument("--out", default=None, help="output directory (default: <multirun_dir>/study)")
+    parser.add_argument("multirun_dirs", nargs="+", help="`train.py -m experiment=study_cpu ...` sweep directories")
+    parser.add_argument("--out", default=None, help="output directory (default: <first multirun dir>/study)")
     parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"])
     parser.add_argument("--wandb-group", default=None, help="default: the jobs' logger.wandb.group")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    g = gather(args.multirun_dir, args.out)
+    g = gather(args.multirun_dirs, args.out)
     log_to_wandb(g, args.wandb, group=args.wandb_group)
     print(g.files["markdown"].read_text())
     for name, path in g.files.items():

@@ -9,16 +9,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-log = logging.getLogger(__name__)
+from kiwi.cli import CONTROL_FLOPS, CONTROL_TOKENS, setting_name
+from kiwi.model.loss import perplexity
 
-CONTROL_TOKENS = "control_tokens"
-CONTROL_FLOPS = "control_flops"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,28 +37,45 @@ class StudyJob:
     wall_s: float | None
     wandb_group: str | None = None
     wandb_project: str | None = None
+    base_dir: str | None = None          # the base every job of one regime continues (model.base)
+    base_tokens_per_param: float | None = None  # the regime knob (study.base_tokens_per_param)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (tokens trained, held-out ppl)
 
     @property
     def is_control(self) -> bool:
         return self.variant in (CONTROL_TOKENS, CONTROL_FLOPS)
 
+    @property
+    def regime(self) -> str:
+        """Jobs continuing the same base belong to one regime (one section of the report)."""
+        if self.base_tokens_per_param is not None:
+            return f"{self.base_tokens_per_param:g} tokens/param"
+        return Path(self.base_dir).name if self.base_dir else "base"
 
-# LLaMA Pro's names in conf/study/: the published setting (identity copies, only they train) is plain
-# `llama_pro`, as `model.layer_selection=llama_pro` gives it; the other two name what differs from it.
-LLAMA_PRO_NAMES = {(True, "new"): "llama_pro", (True, "all"): "llama_pro_all", (False, "all"): "llama_pro_noid"}
 
-
-def variant_label(strategy: str, identity_init: bool, trainable: str, match_flops: bool) -> str:
+def variant_label(strategy: str, identity_init: bool, trainable: str, match_flops: bool,
+                  two_phase: float | None = None, copied_lr_scale: float | None = None) -> str:
     """The ``+study=`` name of a setting (conf/study/<name>.yaml), derived from the resolved config rather
     than from how it was asked for, so `+study=solar_id` and `model.layer_selection=solar
     model.layer_selection.identity_init=true` get the same row. Settings no study file has:
-    strategy + `_id` (identity_init) + `_new` (only the copies train)."""
+    strategy + `_id` (identity_init) + `_new` (only the copies train). The levers (kiwi.train.levers) add
+    `_2phase` (new layers alone for half the steps) and `_lrcopy` (copied layers at 0.1 x lr), with their
+    value appended when it is not the study file's."""
     if strategy == "none":
-        return CONTROL_FLOPS if match_flops else CONTROL_TOKENS
-    if strategy == "llama_pro" and (identity_init, trainable) in LLAMA_PRO_NAMES:
-        return LLAMA_PRO_NAMES[identity_init, trainable]
-    return strategy + ("_id" if identity_init else "") + ("_new" if trainable == "new" else "")
+        return setting_name(None, match_flops)  # levers do not apply to the controls
+    name = setting_name({"strategy": strategy, "identity_init": identity_init, "trainable": trainable}, match_flops)
+    if two_phase is not None:
+        name += "_2phase" + ("" if two_phase == 0.5 else f"{two_phase:g}")
+    if copied_lr_scale is not None:
+        name += "_lrcopy" + ("" if copied_lr_scale == 0.1 else f"{copied_lr_scale:g}")
+    return name
+
+
+def lever_settings(cfg) -> tuple[float | None, float | None]:
+    """(two-phase new-only fraction, copied-layer lr scale) of a job's resolved config; None = lever off."""
+    two_phase = _select(cfg, "callbacks.two_phase.new_only_fraction")
+    scale = _select(cfg, "optimizer.copied_lr_scale")
+    return (None if two_phase is None else float(two_phase)), (None if scale is None else float(scale))
 
 
 def _select(cfg, key: str, default=None):
@@ -83,7 +99,7 @@ def read_curve(metrics_csv: Path, tokens_per_step: int) -> list[tuple[int, float
             if loss:
                 logged = int(float(row["step"]))
                 step = 0 if not points and logged == 0 else logged + 1
-                points[step * tokens_per_step] = math.exp(float(loss))
+                points[step * tokens_per_step] = perplexity(float(loss))
     return sorted(points.items())
 
 
@@ -111,7 +127,7 @@ def load_job(job_dir: str | Path) -> StudyJob:
             points[int(report["tokens"])] = report["val_ppl_after"]
     return StudyJob(
         path=job_dir,
-        variant=variant_label(strategy, identity, trainable, match_flops),
+        variant=variant_label(strategy, identity, trainable, match_flops, *lever_settings(cfg)),
         strategy=strategy,
         identity_init=identity,
         trainable=trainable,
@@ -125,8 +141,14 @@ def load_job(job_dir: str | Path) -> StudyJob:
         wall_s=report.get("fit_wall_s"),
         wandb_group=_select(cfg, "logger.wandb.group"),
         wandb_project=_select(cfg, "logger.wandb.project"),
+        base_dir=_select(cfg, "model.base"),
+        base_tokens_per_param=_float_or_none(_select(cfg, "study.base_tokens_per_param")),
         curve=sorted(points.items()),
     )
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def load_jobs(multirun_dir: str | Path) -> tuple[list[StudyJob], list[Path]]:

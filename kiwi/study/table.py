@@ -1,5 +1,5 @@
-"""The study's tables: every (variant, lr) job, and each variant at its best lr, with deltas against the
-two controls (the base continued for the same tokens, and for the same training FLOPs)."""
+"""The study's tables: every job, and per (regime, variant, lr) the mean ± std over seeds with paired
+differences against the two controls (the base continued for the same tokens, and for the same FLOPs)."""
 
 from __future__ import annotations
 
@@ -9,22 +9,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
+from kiwi.study.stats import PairedDiff, paired_diff, summarize
 
 STRATEGY_ORDER = ("interleave", "solar", "stack", "llama_pro", "importance", "explicit", "none")
 # Step-0 perplexities this close (relative) to the base's count as "starts at the base".
 IDENTITY_RTOL = 1e-5
 
-COLUMNS = ("variant", "strategy", "init", "trainable", "lr", "ppl_step0", "step0_vs_base", "ppl_end",
+COLUMNS = ("regime", "variant", "seed", "lr", "ppl_step0", "step0_vs_base", "ppl_end",
            "delta_vs_tokens_ctrl_pct", "delta_vs_flops_ctrl_pct", "tokens", "train_flops", "wall_s")
-BEST_COLUMNS = ("variant", "strategy", "init", "trainable", "best_lr", "ppl_step0", "step0_vs_base",
-                "ppl_end", "delta_vs_tokens_ctrl_pct", "delta_vs_flops_ctrl_pct", "tokens", "train_flops",
-                "wall_s")
+SUMMARY_COLUMNS = ("regime", "variant", "lr", "seeds", "ppl_end_mean", "ppl_end_std", "vs_tokens_ctrl",
+                   "vs_flops_ctrl", "tokens", "train_flops")
+# The CSV's numeric form of the two paired differences (%, 95% t interval, whether it excludes zero).
+SUMMARY_CSV_COLUMNS = (*SUMMARY_COLUMNS[:6], *(f"{c}_{k}" for c in ("vs_tokens", "vs_flops")
+                                              for k in ("mean", "low", "high", "excludes_zero")),
+                       "tokens", "train_flops")
 
 
 def variant_order(job: StudyJob) -> tuple:
-    control = {CONTROL_TOKENS: 1, CONTROL_FLOPS: 2}.get(job.variant, 0)
+    control = {CONTROL_TOKENS: 0, CONTROL_FLOPS: 1}.get(job.variant, 2)
     strategy = STRATEGY_ORDER.index(job.strategy) if job.strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
-    return (control, strategy, job.variant, job.lr)
+    return (job.base_tokens_per_param or 0.0, job.regime, control, strategy, job.variant, job.lr, job.seed)
 
 
 def base_ppl(jobs: Sequence[StudyJob]) -> float | None:
@@ -41,60 +45,75 @@ def delta_pct(value: float | None, reference: float | None) -> float | None:
     return 100.0 * (value - reference) / reference
 
 
-def _row(job: StudyJob, base: float | None, ctrl_tokens: StudyJob | None, ctrl_flops: StudyJob | None) -> dict:
-    return {
-        "variant": job.variant,
-        "strategy": job.strategy,
-        "init": "-" if job.strategy == "none" else "identity" if job.identity_init else "copy",
-        "trainable": job.trainable,
-        "lr": job.lr,
-        "ppl_step0": job.ppl_step0,
-        "step0_vs_base": None if job.ppl_step0 is None or base is None else job.ppl_step0 / base - 1.0,
-        "ppl_end": job.ppl_end,
-        "delta_vs_tokens_ctrl_pct": delta_pct(job.ppl_end, ctrl_tokens.ppl_end if ctrl_tokens else None),
-        "delta_vs_flops_ctrl_pct": delta_pct(job.ppl_end, ctrl_flops.ppl_end if ctrl_flops else None),
-        "tokens": job.tokens,
-        "train_flops": job.train_flops,
-        "wall_s": job.wall_s,
-    }
-
-
 def all_rows(jobs: Sequence[StudyJob]) -> list[dict]:
-    """One row per job; deltas against the controls trained at the same learning rate."""
-    base = base_ppl(jobs)
-    controls = {(j.variant, j.lr): j for j in jobs if j.is_control}
-    return [_row(j, base, controls.get((CONTROL_TOKENS, j.lr)), controls.get((CONTROL_FLOPS, j.lr)))
-            for j in sorted(jobs, key=variant_order)]
-
-
-def best_jobs(jobs: Sequence[StudyJob]) -> list[StudyJob]:
-    """Each variant at the learning rate with the lowest final held-out perplexity."""
-    best: dict[str, StudyJob] = {}
-    for job in jobs:
-        if job.ppl_end is None or not math.isfinite(job.ppl_end):
-            continue
-        if job.variant not in best or job.ppl_end < best[job.variant].ppl_end:
-            best[job.variant] = job
-    return sorted(best.values(), key=variant_order)
-
-
-def best_rows(jobs: Sequence[StudyJob]) -> list[dict]:
-    """Best lr per variant; deltas against each control at *its* best lr (tuned vs tuned)."""
-    best = best_jobs(jobs)
-    by_variant = {j.variant: j for j in best}
-    base = base_ppl(jobs)
+    """One row per job; deltas against the controls of the same regime, learning rate and seed (the pair)."""
+    controls = {(j.regime, j.variant, j.lr, j.seed): j for j in jobs if j.is_control}
+    bases = {j.regime: j.ppl_step0 for j in jobs if j.is_control and j.ppl_step0 is not None}
     rows = []
-    for job in best:
-        row = _row(job, base, by_variant.get(CONTROL_TOKENS), by_variant.get(CONTROL_FLOPS))
-        row["best_lr"] = row.pop("lr")
-        rows.append(row)
+    for job in sorted(jobs, key=variant_order):
+        ctrl = {c: controls.get((job.regime, c, job.lr, job.seed)) for c in (CONTROL_TOKENS, CONTROL_FLOPS)}
+        base = bases.get(job.regime)
+        rows.append({
+            "regime": job.regime, "variant": job.variant, "seed": job.seed, "lr": job.lr,
+            "ppl_step0": job.ppl_step0,
+            "step0_vs_base": None if job.ppl_step0 is None or base is None else job.ppl_step0 / base - 1.0,
+            "ppl_end": job.ppl_end,
+            "delta_vs_tokens_ctrl_pct": delta_pct(job.ppl_end, getattr(ctrl[CONTROL_TOKENS], "ppl_end", None)),
+            "delta_vs_flops_ctrl_pct": delta_pct(job.ppl_end, getattr(ctrl[CONTROL_FLOPS], "ppl_end", None)),
+            "tokens": job.tokens, "train_flops": job.train_flops, "wall_s": job.wall_s,
+            "strategy": job.strategy, "identity_init": job.identity_init,
+        })
+    return rows
+
+
+def groups(jobs: Sequence[StudyJob]) -> dict[tuple, list[StudyJob]]:
+    """(regime, variant, lr) -> its jobs (one per seed), in report order."""
+    out: dict[tuple, list[StudyJob]] = {}
+    for job in sorted(jobs, key=variant_order):
+        out.setdefault((job.regime, job.variant, job.lr), []).append(job)
+    return out
+
+
+def fmt_diff(d: PairedDiff | None) -> str:
+    """`-1.23% [-2.01, -0.45] *`: mean paired difference, 95% t interval, * when it excludes zero."""
+    if d is None:
+        return "n/a"
+    if d.low is None:
+        return f"{d.mean:+.2f}% (1 seed)"
+    return f"{d.mean:+.2f}% [{d.low:+.2f}, {d.high:+.2f}]" + (" *" if d.excludes_zero else "")
+
+
+def summary_rows(jobs: Sequence[StudyJob]) -> list[dict]:
+    """Per (regime, variant, lr): mean ± std of the final ppl over seeds, and the paired difference
+    against each control of the same regime and lr (``diffs`` keeps the PairedDiff objects)."""
+    finite = [j for j in jobs if j.ppl_end is not None and math.isfinite(j.ppl_end)]
+    by = groups(finite)
+    rows = []
+    for (regime, variant, lr), members in by.items():
+        ends = {j.seed: j.ppl_end for j in members}
+        s = summarize(list(ends.values()))
+        diffs = {}
+        for ctrl in (CONTROL_TOKENS, CONTROL_FLOPS):
+            ref = by.get((regime, ctrl, lr))
+            diffs[ctrl] = None if ref is None or ctrl == variant else paired_diff(ends, {j.seed: j.ppl_end
+                                                                                        for j in ref})
+        rows.append({
+            "regime": regime, "variant": variant, "lr": lr, "seeds": s.n, "ppl_end_mean": s.mean,
+            "ppl_end_std": s.std, "vs_tokens_ctrl": fmt_diff(diffs[CONTROL_TOKENS]),
+            "vs_flops_ctrl": fmt_diff(diffs[CONTROL_FLOPS]), "tokens": members[0].tokens,
+            "train_flops": members[0].train_flops, "diffs": diffs,
+        })
+        for short, ctrl in (("vs_tokens", CONTROL_TOKENS), ("vs_flops", CONTROL_FLOPS)):
+            d = diffs[ctrl]
+            rows[-1].update({f"{short}_mean": d and d.mean, f"{short}_low": d and d.low,
+                             f"{short}_high": d and d.high, f"{short}_excludes_zero": d and d.excludes_zero})
     return rows
 
 
 def _fmt(key: str, value) -> str:
     if value is None:
         return "n/a"
-    if key in ("ppl_step0", "ppl_end"):
+    if key in ("ppl_step0", "ppl_end", "ppl_end_mean", "ppl_end_std"):
         return f"{value:.3f}"
     if key == "step0_vs_base":
         return "0" if value == 0 else f"{value:+.1e}"
@@ -111,14 +130,16 @@ def _fmt(key: str, value) -> str:
     return str(value)
 
 
-HEADERS = {"ppl_step0": "ppl step 0", "step0_vs_base": "step 0 / base - 1", "ppl_end": "ppl end",
+HEADERS = {"ppl_end_mean": "ppl end (mean)", "ppl_end_std": "std over seeds",
+           "vs_tokens_ctrl": "vs equal-token ctrl (95% CI)", "vs_flops_ctrl": "vs equal-FLOPs ctrl (95% CI)",
+           "ppl_step0": "ppl step 0", "step0_vs_base": "step 0 / base - 1", "ppl_end": "ppl end",
            "delta_vs_tokens_ctrl_pct": "vs equal-token ctrl", "delta_vs_flops_ctrl_pct": "vs equal-FLOPs ctrl",
            "train_flops": "train FLOPs", "wall_s": "fit wall s", "best_lr": "best lr"}
 
 
 def to_markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
     head = "| " + " | ".join(HEADERS.get(c, c) for c in columns) + " |"
-    sep = "|" + "|".join("---" if c in ("variant", "strategy", "init", "trainable") else "---:"
+    sep = "|" + "|".join("---" if c in ("regime", "variant", "strategy", "init", "trainable") else "---:"
                          for c in columns) + "|"
     body = ["| " + " | ".join(_fmt(c, r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body]) + "\n"

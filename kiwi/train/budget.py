@@ -61,3 +61,11 @@ def training_flops(config, tokens: int, seq_len: int) -> float:
     """Model FLOPs of training ``tokens`` tokens (6N matmuls + attention, rows of one ``seq_len``
     document), the convention of kiwi.train.flops; frozen layers are counted as trained."""
     return float(tokens) * flops_per_token(config, [seq_len])
+
+
+def tokens_per_param_budget(tokens_per_param: float, model) -> int:
+    """``budget.tokens_per_param`` x every parameter of ``model`` (tied embeddings once): the training
+    regime (Qwen2.5-0.5B saw ~36,000 tokens per parameter) as a token budget."""
+    if tokens_per_param is None or float(tokens_per_param) <= 0:
+        raise ValueError(f"budget.tokens_per_param: expected a positive number, got {tokens_per_param}")
+    return int(round(float(tokens_per_param) * sum(p.numel() for p in model.parameters())))

@@ -19,6 +19,7 @@ from kiwi.errors import ConfigError, KiwiError
 from kiwi.model.build import BuiltModel, as_dict, build_model
 from kiwi.model.checkpointing import apply_activation_checkpointing
 from kiwi.model.loss import DEFAULT_CHUNK, lm_nll, perplexity
+from kiwi.train.levers import split_copied
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,9 @@ class KiwiLM(L.LightningModule):
             clips = bool(trainer and trainer.gradient_clip_val) and "mixed" in str(trainer.precision)
             opt_cfg["fused"] = self.device.type == "cuda" and not clips
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        copied_lr_scale = opt_cfg.pop("copied_lr_scale", None)  # a DUS lever (kiwi.train.levers)
+        if copied_lr_scale is not None:
+            groups = split_copied(groups, self.model, self.plan, float(opt_cfg["lr"]), copied_lr_scale)
         optimizer = instantiate(opt_cfg)(groups)
         if not self.hparams.scheduler:
             return optimizer

@@ -18,7 +18,7 @@ from kiwi.cli import instantiate_group, task_wrapper, validate_trainer
 from kiwi.errors import ConfigError
 from kiwi.model.build import BuiltModel, as_dict, build_model
 from kiwi.model.io import export_hf
-from kiwi.train.budget import Budget, flops_matched_tokens, make_budget, training_flops
+from kiwi.train.budget import Budget, flops_matched_tokens, make_budget, tokens_per_param_budget, training_flops
 from kiwi.train.callbacks import CheckpointOnSignal, EmptyEpochGuard, RunInterrupted
 from kiwi.train.checkpoint import publish_checkpoint_dirs
 from kiwi.train.module import KiwiLM, perplexity
@@ -105,6 +105,8 @@ def trainer_world_size(trainer_cfg: DictConfig) -> int:
 def training_budget(cfg: DictConfig, built: BuiltModel) -> Budget:
     """Optimizer steps of the token budget (or of ``budget.match_flops_layers``' FLOPs) at this global batch."""
     total_tokens = cfg.budget.total_tokens
+    if cfg.budget.get("tokens_per_param"):  # a training regime: tokens per parameter of the model trained
+        total_tokens = tokens_per_param_budget(cfg.budget.tokens_per_param, built.model)
     if cfg.budget.get("match_flops_layers"):  # equal-compute control: as many FLOPs as a deeper model's
         total_tokens = flops_matched_tokens(total_tokens, built.model.config, cfg.budget.match_flops_layers,
                                             cfg.data.seq_len)

@@ -1,5 +1,6 @@
-"""A real, very small study run once per session: tiny_base (2 layers, hidden 32) then a tiny_dus multirun
-of one identity variant and both controls at two learning rates, through train.py as a user runs it."""
+"""Real, very small studies run once per session through train.py as a user runs it: the v1 pair (tiny_base,
+then a tiny_dus multirun of one identity variant and both controls at two learning rates) and the v2 pair
+(study_cpu_base for a tokens-per-parameter budget, then study_cpu: both levers and both controls x 2 seeds)."""
 
 from __future__ import annotations
 
@@ -50,4 +51,25 @@ def tiny_base_dir(kiwi_cache, tmp_path_factory) -> Path:
 def tiny_sweep(kiwi_cache, tiny_base_dir, tmp_path_factory) -> Path:
     sweep = tmp_path_factory.mktemp("study-sweep") / "sweep"
     train(dus_args(tiny_base_dir, sweep), kiwi_cache)
+    return sweep
+
+
+V2_VARIANTS = "control_tokens,control_flops,interleave_id,interleave_id_2phase,interleave_id_lrcopy"
+V2_SEEDS = "1,2"
+
+
+@pytest.fixture(scope="session")
+def v2_base_dir(kiwi_cache, tmp_path_factory) -> Path:
+    base_dir = tmp_path_factory.mktemp("study-v2") / "base"
+    train(["experiment=study_cpu_base", f"study.base_dir={base_dir}", "study.base_tokens_per_param=0.05",
+           *TINY, *DATA, "trainer.val_check_interval=4"], kiwi_cache)
+    return base_dir
+
+
+@pytest.fixture(scope="session")
+def v2_sweep(kiwi_cache, v2_base_dir, tmp_path_factory) -> Path:
+    sweep = tmp_path_factory.mktemp("study-v2-sweep") / "sweep"
+    train(["-m", "experiment=study_cpu", f"study.base_dir={v2_base_dir}", "study.base_tokens_per_param=0.05",
+           "study.n_target=3", *DATA, "budget.total_tokens=512", "trainer.val_check_interval=2",
+           f"seed={V2_SEEDS}", f"+study={V2_VARIANTS}", f"hydra.sweep.dir={sweep}"], kiwi_cache)
     return sweep

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 from transformers import Qwen2Config
 
 from kiwi.cli import CONF_DIR
 from kiwi.errors import ConfigError
 from kiwi.study.jobs import variant_label
-from kiwi.train.budget import flops_matched_tokens, training_flops
+from kiwi.train.budget import flops_matched_tokens, tokens_per_param_budget, training_flops
 from kiwi.train.flops import flops_per_token
 from tests.helpers import compose
 
@@ -20,6 +21,7 @@ VARIANTS = {  # conf/study/<name>.yaml -> (strategy, identity_init, trainable)
     "llama_pro_noid": ("llama_pro", False, "all"),
     "importance": ("importance", False, "all"), "importance_id": ("importance", True, "all"),
     "control_tokens": ("none", False, "all"), "control_flops": ("none", False, "all"),
+    "interleave_id_2phase": ("interleave", True, "all"), "interleave_id_lrcopy": ("interleave", True, "all"),
 }
 
 
@@ -57,11 +59,13 @@ def test_every_study_variant_composes_with_tiny_dus(variant, kiwi_cache):
     assert (ls.strategy, bool(ls.identity_init), ls.trainable) == (strategy, identity, trainable)
     assert ls.n_target == (None if strategy == "none" else 8)
     assert cfg.model.base == cfg.study.base_dir and cfg.model.tiny is None
-    assert cfg.study.variant == variant and cfg.logger.wandb.group == "tiny_dus"
+    assert "variant" not in cfg.study and cfg.logger.wandb.group == "tiny_dus"
     assert cfg.budget.get("match_flops_layers") == (8 if variant == "control_flops" else None)
-    # its rows in the study's tables carry the name the user typed
+    # its rows in the study's tables carry the name the user typed, derived in one place
+    two_phase = OmegaConf.select(cfg, "callbacks.two_phase.new_only_fraction")
     assert variant_label(ls.strategy, bool(ls.identity_init), ls.trainable,
-                         bool(cfg.budget.get("match_flops_layers"))) == variant
+                         bool(cfg.budget.get("match_flops_layers")), two_phase,
+                         cfg.optimizer.get("copied_lr_scale")) == variant
 
 
 def test_every_study_file_is_covered():
@@ -71,7 +75,7 @@ def test_every_study_file_is_covered():
 def test_tiny_dus_accepts_layer_selection_style_overrides(kiwi_cache):
     cfg = compose("train", ["experiment=tiny_dus", "model.layer_selection=solar"])
     assert cfg.model.layer_selection.strategy == "solar" and cfg.model.layer_selection.n_target == 8
-    assert cfg.study.variant == "solar"
+    assert compose("train", ["experiment=tiny_dus"]).model.layer_selection.strategy == "interleave"
 
 
 def test_base_and_dus_share_the_held_out_set(kiwi_cache):
@@ -97,3 +101,28 @@ def test_tiny_dus_before_tiny_base_fails_with_a_clear_error(tmp_path, kiwi_cache
                   output_dir=tmp_path / "out")
     with pytest.raises(ConfigError, match=r"prerequisites\[0\].*nope/config.json.*experiment=tiny_base"):
         run(cfg)
+
+
+def test_tokens_per_param_budget_counts_every_parameter_once():
+    from tests.model.tiny_qwen_models import tiny_qwen2
+
+    model = tiny_qwen2(num_hidden_layers=2)  # tied embeddings: one tensor
+    n = sum(p.numel() for p in model.parameters())
+    assert tokens_per_param_budget(2, model) == 2 * n and tokens_per_param_budget(0.5, model) == round(n / 2)
+    for bad in (0, -1, None):
+        with pytest.raises(ValueError, match="budget.tokens_per_param"):
+            tokens_per_param_budget(bad, model)
+
+
+@pytest.mark.parametrize("profile", ["study_cpu", "study_gpu"])
+def test_study_steps_share_sizes_data_and_held_out_set(profile, kiwi_cache):
+    base = compose("train", [f"experiment={profile}_base", "study.base_tokens_per_param=32"])
+    dus = compose("train", [f"experiment={profile}", "study.base_tokens_per_param=32", "+study=interleave_id",
+                            "seed=7"])
+    for key in ("source", "seq_len", "batch_size", "val_documents", "val_tokens", "text_field"):
+        assert base.data[key] == dus.data[key], key
+    assert base.export_dir == dus.model.base == dus.study.base_dir and dus.model.base.endswith("/tpp32")
+    assert base.budget.tokens_per_param == 32 and base.budget.total_tokens is None
+    assert dus.budget.tokens_per_param is None and dus.data.seed == 7  # the seed sets the data order
+    assert base.model.layer_selection.strategy == "none"
+    assert dus.model.layer_selection.n_target == dus.study.n_target > base.model.tiny.num_hidden_layers

@@ -1,5 +1,5 @@
 """The gatherer's tables on hand-written job directories (the files train.py writes per job), with
-numbers chosen so every delta and best-lr pick can be checked by hand; plus the held-out restart."""
+numbers chosen so every delta and every paired interval can be checked by hand; plus the held-out restart."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import yaml
 
 from kiwi.study.gather import gather
 from kiwi.study.jobs import load_jobs, variant_label
-from kiwi.study.table import best_rows
+from kiwi.study.table import summary_rows
 
 
 def _job(root: Path, num: int, strategy: str, identity: bool, lr: float, before: float, after: float,
-         tokens: int = 4096, trainable: str = "all", match_flops: int | None = None) -> None:
+         tokens: int = 4096, trainable: str = "all", match_flops: int | None = None, seed: int = 1) -> None:
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
-    cfg = {"seed": 1, "optimizer": {"lr": lr},
+    cfg = {"seed": seed, "optimizer": {"lr": lr},
            "model": {"layer_selection": {"strategy": strategy, "identity_init": identity, "trainable": trainable}},
            "budget": {"total_tokens": tokens, "match_flops_layers": match_flops},
            "logger": {"wandb": {"group": "g", "project": "p"}}}
@@ -52,27 +52,46 @@ def test_variant_labels_come_from_the_resolved_settings():
     assert variant_label("none", False, "all", True) == "control_flops"
 
 
-def test_rows_deltas_best_lr_and_files(sweep, tmp_path):
+def test_rows_deltas_and_files(sweep, tmp_path):
     g = gather(sweep, tmp_path / "out")
     assert [p.name for p in g.incomplete] == ["6"]
     by = {(r["variant"], r["lr"]): r for r in g.rows}
-    assert list(by)[:3] == [("interleave_id", 1e-3), ("interleave_id", 3e-3), ("solar", 1e-3)]
+    assert list(by)[:3] == [("control_tokens", 1e-3), ("control_tokens", 3e-3), ("control_flops", 1e-3)]
     r = by[("interleave_id", 1e-3)]
     assert r["delta_vs_tokens_ctrl_pct"] == pytest.approx(100 * (90 / 92 - 1))
     assert r["delta_vs_flops_ctrl_pct"] == pytest.approx(100 * (90 / 88 - 1))
-    assert r["step0_vs_base"] == 0 and r["init"] == "identity"
+    assert r["step0_vs_base"] == 0 and r["regime"] == "base"
     assert by[("interleave_id", 3e-3)]["delta_vs_tokens_ctrl_pct"] == pytest.approx(100 * (95 / 91 - 1))
     assert by[("interleave_id", 3e-3)]["delta_vs_flops_ctrl_pct"] is None  # no flops control at 3e-3
     assert by[("solar", 1e-3)]["step0_vs_base"] == pytest.approx(3.0)
-    best = {r["variant"]: r for r in g.best}
-    assert best["interleave_id"]["best_lr"] == 1e-3 and best["control_tokens"]["best_lr"] == 3e-3
-    # tuned vs tuned: against the equal-token control at its own best lr (91)
-    assert best["interleave_id"]["delta_vs_tokens_ctrl_pct"] == pytest.approx(100 * (90 / 91 - 1))
     md = g.files["markdown"].read_text()
-    assert "| interleave_id | interleave | identity | all | 0.001 | 100.000 | 0 | 90.000 | -1.10% | +2.27% |" in md
+    assert "| base | interleave_id | 1 | 0.001 | 100.000 | 0 | 90.000 | -2.17% | +2.27% |" in md
     assert "NOT all start" not in md and "Unfinished jobs" in md and "curves.png" in md
     assert g.files["csv"].read_text().count("\n") == 1 + 6
-    assert g.files["plot"].exists()
+    assert g.files["plot"].exists() and g.files["summary_csv"].exists()
+
+
+def test_summary_pairs_seeds_and_marks_intervals(sweep, tmp_path):
+    # two more seeds of interleave_id and the equal-token control at lr 1e-3: diffs -2.17%, -1%, -3%
+    _job(sweep, 7, "interleave", True, 1e-3, 100.0, 99.0, seed=2)
+    _job(sweep, 8, "none", False, 1e-3, 100.0, 100.0, seed=2)
+    _job(sweep, 9, "interleave", True, 1e-3, 100.0, 97.0, seed=3)
+    _job(sweep, 10, "none", False, 1e-3, 100.0, 100.0, seed=3)
+    g = gather(sweep, tmp_path / "out")
+    row = next(r for r in g.summary if (r["variant"], r["lr"]) == ("interleave_id", 1e-3))
+    diffs = [100 * (90 / 92 - 1), -1.0, -3.0]
+    mean = sum(diffs) / 3
+    sd = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5
+    half = 4.303 * sd / 3 ** 0.5
+    assert row["seeds"] == 3 and row["ppl_end_mean"] == pytest.approx((90 + 99 + 97) / 3)
+    assert (row["vs_tokens_mean"], row["vs_tokens_low"], row["vs_tokens_high"]) == (
+        pytest.approx(mean), pytest.approx(mean - half), pytest.approx(mean + half))
+    assert row["vs_tokens_excludes_zero"] is (mean + half < 0)
+    assert row["vs_flops_mean"] == pytest.approx(100 * (90 / 88 - 1))  # one seed has a flops control
+    assert row["vs_flops_low"] is None and "(1 seed)" in row["vs_flops_ctrl"]
+    md = g.files["markdown"].read_text()
+    assert f"{mean:+.2f}% [{mean - half:+.2f}, {mean + half:+.2f}]" in md
+    assert "Not established (interval includes zero): " in md
 
 
 def test_identity_variant_off_the_base_is_flagged(sweep, tmp_path):
@@ -81,10 +100,10 @@ def test_identity_variant_off_the_base_is_flagged(sweep, tmp_path):
     assert "NOT all start at the base" in md
 
 
-def test_best_rows_skip_diverged_runs(sweep):
+def test_summary_skips_diverged_runs(sweep):
     _job(sweep, 7, "stack", False, 1e-3, 300.0, float("inf"))
     jobs, _ = load_jobs(sweep)
-    assert "stack" not in {r["variant"] for r in best_rows(jobs)}
+    assert "stack" not in {r["variant"] for r in summary_rows(jobs)}
 
 
 def test_empty_or_missing_multirun_dir_is_a_clear_error(tmp_path):

@@ -49,15 +49,10 @@ def test_gathered_table_deltas_and_identity_start(tiny_sweep, tmp_path):
         assert dus["train_flops"] > ctrl_t["train_flops"] and dus["wall_s"] > 0
     # the equal-FLOPs control spends (at least, to the next whole step) the deeper model's FLOPs
     assert by[("control_flops", 1e-3)]["train_flops"] >= by[("interleave_id", 1e-3)]["train_flops"]
-    assert len(g.best) == 3 and {r["variant"] for r in g.best} == {"interleave_id", "control_tokens",
-                                                                    "control_flops"}
-    for r in g.best:
-        candidates = [x["ppl_end"] for x in g.rows if x["variant"] == r["variant"]]
-        assert r["ppl_end"] == min(candidates)
     md = g.files["markdown"].read_text()
-    assert "## Best learning rate per variant" in md and "all start at the base" in md
+    assert "## Base at" in md and "all start at the base" in md
     assert g.files["plot"].stat().st_size > 10_000
-    assert g.files["csv"].read_text().splitlines()[0].startswith("variant,strategy,init")
+    assert g.files["csv"].read_text().splitlines()[0].startswith("regime,variant,seed,lr")
 
 
 def test_curves_come_from_training_validation(tiny_sweep):

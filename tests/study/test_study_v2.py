@@ -1,0 +1,92 @@
+"""The v2 study end to end on a tiny real sweep (study_cpu_base, then study_cpu with both levers and both
+controls x 2 seeds, through train.py): seed pairing, the FLOPs of each lever, and the gather's report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from hydra.utils import instantiate
+
+from kiwi.study.gather import gather, log_to_wandb
+from kiwi.study.jobs import load_jobs
+from tests.helpers import compose
+
+pytestmark = pytest.mark.slow
+
+
+def _by(sweep):
+    return {(j.variant, j.seed): j for j in load_jobs(sweep)[0]}
+
+
+def _first_batches(job_dir, base_dir, n: int = 3) -> list[torch.Tensor]:
+    """The training batches this job saw first, rebuilt from its own overrides."""
+    from transformers import AutoTokenizer
+
+    overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
+    cfg = compose("train", overrides)
+    dm = instantiate(cfg.data, tokenizer=AutoTokenizer.from_pretrained(base_dir))
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    return [next(it)["input_ids"] for _ in range(n)]
+
+
+def test_same_seed_same_data_order_for_controls_and_variants(v2_sweep, v2_base_dir):
+    jobs = _by(v2_sweep)
+    a = _first_batches(jobs[("control_tokens", 1)].path, v2_base_dir)
+    b = _first_batches(jobs[("interleave_id_2phase", 1)].path, v2_base_dir)
+    c = _first_batches(jobs[("control_tokens", 2)].path, v2_base_dir)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # paired: the same batches
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))  # another seed, another order
+
+
+def test_flops_of_each_lever_and_of_the_controls(v2_sweep):
+    jobs = _by(v2_sweep)
+    for seed in (1, 2):
+        plain = jobs[("interleave_id", seed)]
+        for lever in ("interleave_id_2phase", "interleave_id_lrcopy"):
+            # the levers change which weights move and how fast, not the work: same tokens, same FLOPs
+            assert jobs[(lever, seed)].tokens == plain.tokens == 512
+            assert jobs[(lever, seed)].train_flops == plain.train_flops
+        ctrl_t, ctrl_f = jobs[("control_tokens", seed)], jobs[("control_flops", seed)]
+        assert ctrl_t.tokens == 512 and ctrl_t.train_flops < plain.train_flops
+        assert ctrl_f.train_flops >= plain.train_flops > ctrl_f.train_flops * ctrl_t.tokens / ctrl_f.tokens
+
+
+def test_copied_lr_reaches_the_optimizer(v2_sweep):
+    job = _by(v2_sweep)[("interleave_id_lrcopy", 1)]
+    state = torch.load(job.path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    lrs = sorted({g["initial_lr"] for g in state["optimizer_states"][0]["param_groups"]})
+    assert lrs == [pytest.approx(job.lr * 0.1), pytest.approx(job.lr)]
+
+
+def test_gather_two_seeds_report(v2_sweep, tmp_path):
+    g = gather([v2_sweep], tmp_path / "study")
+    assert not g.incomplete and len(g.jobs) == 10
+    (regime,) = g.bases
+    assert regime == "0.05 tokens/param"
+    base = g.bases[regime]
+    assert base.report is not None and base.tokens_per_param == pytest.approx(base.tokens / base.n_params)
+    assert base.tokens_per_param >= 0.05 and base.last_doubling is not None
+    rows = {r["variant"]: r for r in g.summary}
+    assert set(rows) == {"control_tokens", "control_flops", "interleave_id", "interleave_id_2phase",
+                         "interleave_id_lrcopy"}
+    jobs = _by(v2_sweep)
+    for variant, row in rows.items():
+        assert row["seeds"] == 2
+        if variant.startswith("control"):
+            continue
+        diffs = [100 * (jobs[(variant, s)].ppl_end / jobs[("control_tokens", s)].ppl_end - 1) for s in (1, 2)]
+        assert row["vs_tokens_mean"] == pytest.approx(sum(diffs) / 2)
+        half = 12.706 * abs(diffs[0] - diffs[1]) / 2 ** 0.5 / 2 ** 0.5  # t_{0.975,1} sd / sqrt(2)
+        assert row["vs_tokens_high"] - row["vs_tokens_low"] == pytest.approx(2 * half)
+    md = g.files["markdown"].read_text()
+    assert "tokens/parameter" in md and "last doubling" in md and "Established (95% interval" in md
+    assert "all start at the base" in md and "NOT all" not in md
+    assert g.files["plot"].stat().st_size > 10_000
+    assert g.files["base_curves"].read_text().count("\n") == 1 + len(base.curve)
+    assert json.loads(base.report.read_text())["val_curve"]
+    log_to_wandb(g, mode="offline")
+    assert list((tmp_path / "study" / "wandb").glob("offline-run-*"))
