@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -20,11 +19,9 @@ import tokenizers
 import torch
 import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from kiwi.data.corpus import build_corpus_file  # noqa: E402
-from kiwi.data.datamodule import PackedDataModule  # noqa: E402
-from kiwi.data.tokenizer import build_offline_tokenizer  # noqa: E402
+from kiwi.data.corpus import build_corpus_file
+from kiwi.data.datamodule import PackedDataModule
+from kiwi.data.tokenizer import build_offline_tokenizer
 
 SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/valid.txt"
 

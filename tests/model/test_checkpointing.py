@@ -10,7 +10,7 @@ import torch
 from kiwi.model.attention import packed_position_ids
 from kiwi.model.checkpointing import apply_activation_checkpointing, decoder_layers
 from kiwi.model.loss import lm_nll
-from tests.model.tiny_qwen_models import tiny_qwen2
+from tests.helpers import tiny_qwen2
 
 DOCS = [9, 4, 11]
 
