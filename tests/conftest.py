@@ -8,6 +8,7 @@ once is safe), so tests never read or write the user's ~/.cache/kiwi and never t
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -42,7 +43,20 @@ def kiwi_cache(tmp_path_factory) -> Path:
     else:
         cache = tmp_path_factory.mktemp("kiwi-cache")
     os.environ["KIWI_CACHE"] = str(cache)
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        _build_quickstart_base_once(cache)
     return cache
+
+
+def _build_quickstart_base_once(cache: Path) -> None:
+    """Build the quickstart's tiny base (offline corpus, tokenizer, model), which most end-to-end tests use,
+    while holding a lock: xdist workers would otherwise each build it at the same time (same result, twice
+    the CPU). Without xdist the first test that needs it builds it, as before."""
+    from kiwi.model.build import resolve_base
+
+    with (cache / ".quickstart-base.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        resolve_base(compose("train", ["experiment=quickstart"]).model, cache)
 
 
 @pytest.fixture(scope="session")
