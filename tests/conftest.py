@@ -75,6 +75,8 @@ def compose_cfg(tmp_path, kiwi_cache):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    if _WORKERS > 1:  # slow end-to-end tests first, so short ones fill the gaps instead of a long one ending last
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
         groups = {_ONE_WORKER_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in _ONE_WORKER_FIXTURES}
         for group in groups:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.assets.build_tiny_tokenizer import ENGLISH
-from tests.helpers import tiny_qwen2
+from tests.helpers import compose, tiny_qwen2
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -51,16 +51,5 @@ def _one_torch_thread():
 
 
 def compose_eval(overrides: list[str], output_dir: Path):
-    """conf/eval.yaml composed as evaluate.py does (argv normalisation included), outputs in output_dir."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from kiwi.config import CONF_DIR, normalize_overrides
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("eval", overrides=normalize_overrides(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
+    """conf/eval.yaml composed as evaluate.py does (tests.helpers.compose), outputs in output_dir."""
+    return compose("eval", overrides, output_dir=output_dir)
