@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -24,10 +23,8 @@ import tokenizers
 import torch
 import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from kiwi.data.datamodule import PackedDataModule  # noqa: E402
-from kiwi.data.qwen_tokenizer import qwen25_tokenizer_dir  # noqa: E402
+from kiwi.data.datamodule import PackedDataModule
+from kiwi.data.qwen_tokenizer import qwen25_tokenizer_dir
 
 SHARED_WIKIPEDIA = Path(__file__).resolve().parents[2] / "shared/data/wikipedia-en-2015"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kiwi.eval.choice_scoring import score_choices
+from kiwi.eval.encoding import encode_pair
+from kiwi.eval.metrics import choice_metrics, choice_predictions
+from kiwi.eval.tasks import load_docs
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from kiwi.eval.choice_scoring import score_choices  # noqa: E402
-from kiwi.eval.encoding import encode_pair  # noqa: E402
-from kiwi.eval.metrics import choice_metrics, choice_predictions  # noqa: E402
-from kiwi.eval.tasks import load_docs  # noqa: E402
-
 SHARED = ROOT.parent / "shared" / "data" / "benchmarks"
 FIXTURES = ROOT / "tests" / "eval" / "fixtures"
 TASKS = (("hellaswag", "hellaswag", "hellaswag_validation"), ("arc_challenge", "arc", "arc_challenge_test"),

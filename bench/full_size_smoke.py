@@ -25,7 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 # Qwen/Qwen2.5-0.5B's config.json (architecture fields), so the random-init base has the real shape.
 QWEN25_05B = dict(

@@ -30,13 +30,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kiwi.model.attention import resolve_attn_implementation  # noqa: E402
-from kiwi.model.checkpointing import apply_activation_checkpointing  # noqa: E402
-from kiwi.model.loss import lm_nll, resolve_loss_impl  # noqa: E402
-from kiwi.model.master_weights import MasterWeightAdamW  # noqa: E402
-from kiwi.train.flops import flops_per_token, mfu, peak_flops  # noqa: E402
+from kiwi.model.attention import resolve_attn_implementation
+from kiwi.model.checkpointing import apply_activation_checkpointing
+from kiwi.model.loss import lm_nll, resolve_loss_impl
+from kiwi.model.master_weights import MasterWeightAdamW
+from kiwi.train.flops import flops_per_token, mfu, peak_flops
 
 SIZES = {
     # Qwen2.5-0.5B widths at Kiwi's 38 layers: 702.8M parameters.

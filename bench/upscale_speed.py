@@ -15,9 +15,7 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 QWEN25_05B = dict(
     hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
     num_hidden_layers=24, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
@@ -38,7 +36,6 @@ def _peak_bytes() -> int:
 
 
 def child(dtype_name: str, strategy: str, mode: str) -> dict:
-    sys.path.insert(0, str(ROOT))
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

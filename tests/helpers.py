@@ -1,13 +1,53 @@
-"""Helpers for tests: compose shipped configs like the entry points do; find development data."""
+"""Helpers for tests: compose shipped configs like the entry points do; find development data; the one
+tiny-Qwen2 factory and the committed tiny tokenizer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+# Built by tests/assets/build_tiny_tokenizer.py: a byte-level BPE saved through Qwen2Tokenizer, like kiwi's own.
+TINY_TOKENIZER_DIR = ROOT / "tests/assets/tiny_tokenizer"
+
+# Qwen2.5-0.5B's shape (no weights): for parameter counts, FLOPs and 24 -> 38 plans.
+QWEN25_05B = dict(
+    hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
+    num_hidden_layers=24, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
+)
+# Default tiny shape; callers override sizes (e.g. vocab_size=len(tokenizer)).
+TINY_QWEN2 = dict(
+    vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
+)
+
+
+def tiny_qwen2(attn: str = "sdpa", dtype=torch.float32, seed: int = 0, perturb_norms: bool = False,
+               **overrides) -> Qwen2ForCausalLM:
+    """A real Qwen2ForCausalLM with random weights (seeded), in eval mode; built in milliseconds.
+
+    perturb_norms: add noise to norms and biases (which init to 1 and 0), so every tensor matters when a
+    test compares two models for equality."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(**{**TINY_QWEN2, **overrides})
+    model = Qwen2ForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
+    if perturb_norms:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") or "norm" in name:
+                    p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def tiny_tokenizer():
+    """The committed tiny tokenizer (tests/assets/tiny_tokenizer), loaded as kiwi loads any tokenizer."""
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+    assert tok.eos_token_id is not None
+    return tok
 
 
 def compose(config_name: str, overrides: list[str], output_dir: Path | None = None):

@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from omegaconf import OmegaConf
 
 from kiwi.cli import CONF_DIR, ROOT_DIR
-from tests.helpers import compose
+from tests.helpers import QWEN25_05B, compose
 
 PRIMARY = {"train.yaml", "eval.yaml"}
 APPENDED_GROUPS = {"study"}  # not in a defaults list: selected with `+study=<variant>`
@@ -41,8 +41,7 @@ def primary_for(group: str) -> str:
 def _tiny_base_config(n_layers: int = 24):
     from transformers import Qwen2Config
 
-    return Qwen2Config(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
-                       num_hidden_layers=n_layers, vocab_size=151936, tie_word_embeddings=True)
+    return Qwen2Config(**{**QWEN25_05B, "num_hidden_layers": n_layers})
 
 
 @pytest.mark.parametrize(("group", "option"), group_options(), ids=lambda v: str(v))

@@ -1,5 +1,5 @@
 """The import graph flows one way: kiwi.upscale <- kiwi.data <- kiwi.model <- kiwi.train / kiwi.eval <- kiwi.study,
-with the top-level modules (kiwi.errors, kiwi.atomic, kiwi.config, ...) at the bottom. Every import is read from
+with the top-level modules (kiwi.errors, kiwi.atomic, kiwi.cli, ...) at the bottom. Every import is read from
 the source (ast), function-local ones included, so a hidden arrow fails here too."""
 
 from __future__ import annotations

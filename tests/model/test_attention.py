@@ -13,7 +13,7 @@ from kiwi.model.attention import (
     packed_position_ids,
     resolve_attn_implementation,
 )
-from tests.model.tiny_qwen_models import tiny_qwen2
+from tests.helpers import tiny_qwen2
 
 DOCS = [7, 1, 12, 5, 9]
 

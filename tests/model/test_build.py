@@ -6,7 +6,7 @@ import pytest
 from transformers import Qwen2Config
 
 from kiwi.model.build import build_model
-from tests.model.tiny_qwen_models import TINY
+from tests.helpers import TINY_QWEN2 as TINY
 
 
 @pytest.mark.parametrize(("option", "value"), [("metric", "bogus"), ("direction", "up"), ("bogus_option", 1)])

@@ -11,7 +11,7 @@ from kiwi.model.attention import packed_position_ids
 from kiwi.model.checkpointing import apply_activation_checkpointing
 from kiwi.model.loss import lm_nll
 from kiwi.upscale import decoder_layers
-from tests.model.tiny_qwen_models import tiny_qwen2
+from tests.helpers import tiny_qwen2
 
 DOCS = [9, 4, 11]
 

@@ -14,9 +14,9 @@ from kiwi.train.flops import (
     mfu,
     peak_flops,
 )
+from tests.helpers import QWEN25_05B
 
-KIWI = dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
-            num_hidden_layers=38, vocab_size=151_936, tie_word_embeddings=True)
+KIWI = {**QWEN25_05B, "num_hidden_layers": 38}
 
 
 def test_kiwi_shape_matmul_flops():

@@ -10,7 +10,7 @@ import torch
 from kiwi.model import loss as loss_mod
 from kiwi.model.attention import packed_position_ids
 from kiwi.model.loss import chunked_nll_sum, lm_nll, nll_sum, perplexity, resolve_loss_impl, token_logprobs
-from tests.model.tiny_qwen_models import tiny_qwen2
+from tests.helpers import tiny_qwen2
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DOCS = [10, 3, 14, 5]

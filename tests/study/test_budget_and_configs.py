@@ -104,7 +104,7 @@ def test_tiny_dus_before_tiny_base_fails_with_a_clear_error(tmp_path, kiwi_cache
 
 
 def test_tokens_per_param_budget_counts_every_parameter_once():
-    from tests.model.tiny_qwen_models import tiny_qwen2
+    from tests.helpers import tiny_qwen2
 
     model = tiny_qwen2(num_hidden_layers=2)  # tied embeddings: one tensor
     n = sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ import torch
 from kiwi.study.jobs import variant_label
 from kiwi.train.levers import TwoPhase, new_layer_params, split_copied
 from kiwi.upscale import make_plan, upscale
-from tests.model.tiny_qwen_models import tiny_qwen2
+from tests.helpers import tiny_qwen2
 
 
 @pytest.fixture

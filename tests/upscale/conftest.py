@@ -1,39 +1,19 @@
-"""Tiny real Qwen2 models shared by the upscale tests."""
+"""Tiny real Qwen2 models for the upscale tests: tests.helpers.tiny_qwen2 at the sizes these tests use."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
-# Make `import kiwi` work when pytest runs from a checkout without an installed package.
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+from tests.helpers import tiny_qwen2
 
-
-def tiny_config(n_layers: int = 6, tie: bool = True, **overrides) -> Qwen2Config:
-    kwargs = dict(
-        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-        num_hidden_layers=n_layers, vocab_size=300, tie_word_embeddings=tie, max_position_embeddings=256,
-        initializer_range=0.1,
-    )
-    kwargs.update(overrides)
-    return Qwen2Config(**kwargs)
+# Larger init and perturbed norms/biases, so every tensor matters for the equality checks.
+UPSCALE_SIZES = dict(intermediate_size=128, vocab_size=300, max_position_embeddings=256, initializer_range=0.1)
 
 
 def tiny_model(n_layers: int = 6, tie: bool = True, seed: int = 0, **overrides) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(tiny_config(n_layers, tie, **overrides)).eval()
-    # Non-zero norms/biases so every tensor matters for the equality checks below.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.05 * torch.randn_like(p))
-    return model
+    return tiny_qwen2(seed=seed, perturb_norms=True, num_hidden_layers=n_layers, tie_word_embeddings=tie,
+                      **{**UPSCALE_SIZES, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -48,5 +28,5 @@ def model24() -> Qwen2ForCausalLM:
 
 @pytest.fixture
 def make_tiny_model():
-    """Factory fixture (test modules cannot import this conftest: tests/upscale is not a package)."""
+    """tiny_model as a fixture (test modules do not import conftest files)."""
     return tiny_model

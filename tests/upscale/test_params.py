@@ -6,11 +6,7 @@ import pytest
 from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from kiwi.upscale import count_parameters, n_target_for_budget
-
-QWEN25_05B = dict(
-    hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
-    num_hidden_layers=24, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
-)
+from tests.helpers import QWEN25_05B
 
 
 def _real(model) -> int:

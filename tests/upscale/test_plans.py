@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from kiwi.upscale import STRATEGIES, LayerPlan, make_plan, plan_from_config
 from kiwi.upscale.strategies import spread_evenly
+from tests.helpers import QWEN25_05B
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model" / "layer_selection"
 
@@ -200,10 +201,7 @@ def test_every_strategy_has_a_config_file_that_builds_a_plan():
 def test_plan_from_config_param_budget():
     from transformers import Qwen2Config
 
-    qwen = Qwen2Config(
-        hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
-        num_hidden_layers=24, vocab_size=151936, tie_word_embeddings=True,
-    )
+    qwen = Qwen2Config(**QWEN25_05B)
     cfg = OmegaConf.load(CONF_DIR / "interleave.yaml")
     cfg.n_target = None
     cfg.param_budget = 7.03e8
