@@ -6,13 +6,14 @@ answers "what did up-scaling / training change" directly.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
+
+from kiwi import tables
 
 # Metrics shown in tables and charts (all of them, stderrs included, are in results.json).
 TABLE_METRICS = (
@@ -66,25 +67,13 @@ def table_rows(results: Results) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def write_csv(results: Results, path: Path) -> Path:
-    header, rows = table_rows(results)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows([["" if v is None else v for v in row] for row in rows])
-    return path
-
-
 def markdown_table(results: Results) -> str:
     cols = table_columns(results)
     models = list(results)
-    lines = [
-        "| model | " + " | ".join(f"{t} {m}" for t, m in cols) + " |",
-        "|---|" + "---:|" * len(cols),
-    ]
     base = results[models[0]] if models else {}
+    rows = []
     for i, model in enumerate(models):
-        cells = []
+        cells = [model]
         for task, metric in cols:
             value = results[model].get(task, {}).get(metric)
             ref = base.get(task, {}).get(metric)
@@ -92,9 +81,11 @@ def markdown_table(results: Results) -> str:
             if i > 0 and value is not None and ref is not None:
                 cell += f" ({value - ref:+.4f})"
             cells.append(cell)
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        rows.append(cells)
+    header = ["model", *(f"{t} {m}" for t, m in cols)]
+    table = tables.markdown_table(header, rows, numeric=[False] + [True] * len(cols))
     note = f"Deltas in parentheses are against the first row ({models[0]})." if models else ""
-    return "\n".join(lines) + "\n\n" + note + "\n"
+    return table + "\n" + note + "\n"
 
 
 def plot_results(results: Results, path: Path) -> Path:
@@ -138,7 +129,7 @@ def write_report(results: Results, out_dir: Path, meta: Mapping | None = None) -
     payload = {"results": results, **({"meta": dict(meta)} if meta else {})}
     paths["json"].write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     paths["markdown"].write_text(markdown_table(results), encoding="utf-8")
-    write_csv(results, paths["csv"])
+    tables.write_csv(paths["csv"], *table_rows(results))
     plot_results(results, paths["chart"])
     return paths
 

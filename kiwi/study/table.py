@@ -3,11 +3,11 @@ differences against the two controls (the base continued for the same tokens, an
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from kiwi import tables
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
 from kiwi.study.stats import PairedDiff, paired_diff, summarize
 
@@ -137,19 +137,14 @@ HEADERS = {"ppl_end_mean": "ppl end (mean)", "ppl_end_std": "std over seeds",
            "train_flops": "train FLOPs", "wall_s": "fit wall s", "best_lr": "best lr"}
 
 
+TEXT_COLUMNS = ("regime", "variant", "strategy", "init", "trainable")
+
+
 def to_markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    head = "| " + " | ".join(HEADERS.get(c, c) for c in columns) + " |"
-    sep = "|" + "|".join("---" if c in ("regime", "variant", "strategy", "init", "trainable") else "---:"
-                         for c in columns) + "|"
-    body = ["| " + " | ".join(_fmt(c, r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join([head, sep, *body]) + "\n"
+    return tables.markdown_table([HEADERS.get(c, c) for c in columns],
+                                 [[_fmt(c, r.get(c)) for c in columns] for r in rows],
+                                 numeric=[c not in TEXT_COLUMNS for c in columns])
 
 
 def write_csv(rows: Sequence[dict], columns: Sequence[str], path: str | Path) -> Path:
-    path = Path(path)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: ("" if row.get(c) is None else row[c]) for c in columns})
-    return path
+    return tables.write_csv(path, list(columns), [[r.get(c) for c in columns] for r in rows])
