@@ -116,6 +116,12 @@ class PackedDataModule(L.LightningDataModule):
         if self._checked == "train" or (self._checked == "held_out" and not train):
             return
         _, world = self._rank_world()
+        if train and not self.repeat and world > 1:
+            raise ConfigError(
+                f"data.repeat=false with {world} training processes: each rank's pass ends when its own "
+                "documents run out, at different steps, and the others would wait for it forever. Use "
+                "data.repeat=true (the default; the token budget or trainer.max_steps ends the run) or one process."
+            )
         check_documents(
             self.source, self.val_documents, self.max_documents, n_streams=world * max(1, self.num_workers),
             world_size=world, train=train,

@@ -36,9 +36,3 @@ def wikitext_page_lines(
         page.append(line)
     if any(as_text(x).strip() for x in page):
         yield start, page
-
-
-def wikitext_pages(text: str) -> list[str]:
-    """The pages of a raw WikiText file's text: split on ``"\\n"`` only (not ``splitlines``, which also
-    breaks at form feeds and other separators), each page's lines joined with ``"\\n"``."""
-    return ["\n".join(lines) for _, lines in wikitext_page_lines(text.split("\n"))]

@@ -31,14 +31,6 @@ def variant_order(job: StudyJob) -> tuple:
     return (job.base_tokens_per_param or 0.0, job.regime, control, strategy, job.variant, job.lr, job.seed)
 
 
-def base_ppl(jobs: Sequence[StudyJob]) -> float | None:
-    """The base model's held-out perplexity: a control's step-0 value (the base itself, untrained)."""
-    for job in jobs:
-        if job.is_control and job.ppl_step0 is not None:
-            return job.ppl_step0
-    return None
-
-
 def delta_pct(value: float | None, reference: float | None) -> float | None:
     if value is None or reference is None or not math.isfinite(value) or reference == 0:
         return None

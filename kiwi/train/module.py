@@ -165,9 +165,9 @@ class KiwiLM(L.LightningModule):
         self._val_tokens += n_tokens.double()
 
     def on_validation_epoch_end(self) -> None:
+        # Every rank scores the whole held-out set (PackedDataModule), so these are already the totals:
+        # summing them over ranks would count each token world_size times.
         nll, tokens = self._val_nll, self._val_tokens
-        if self.trainer.world_size > 1:
-            nll, tokens = self.all_gather(nll).sum(), self.all_gather(tokens).sum()
         if tokens.item() == 0:
             return
         mean = nll / tokens

@@ -103,3 +103,20 @@ def test_train_py_on_an_empty_file_exits_with_the_reason(tmp_path, kiwi_cache):
     assert proc.returncode != 0
     assert f"{empty}" in output and "holds no documents" in output, output[-3000:]
     assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+def test_a_single_pass_on_several_processes_is_refused(tmp_path, tokenizer):
+    """``repeat=false`` on 2 ranks: the ranks' passes end at different steps and the first one done would
+    wait for the others forever (found by running it); refused at setup instead, naming the option."""
+    import lightning as L
+
+    from kiwi.errors import ConfigError
+
+    path = write_jsonl(tmp_path / "docs.jsonl", make_docs(40))
+    dm = PackedDataModule(tokenizer, source={"kind": "files", "files": [str(path)]}, seq_len=32,
+                          val_documents=2, repeat=False)
+    dm.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # built, not launched
+    assert dm.trainer.world_size == 2
+    with deadline(30), pytest.raises(ConfigError, match="data.repeat=false with 2 training processes"):
+        dm.setup("fit")
+    dm.setup("validate")  # evaluation only reads the held-out set, on every rank alike

@@ -41,7 +41,7 @@ def _train(out: Path, corpus: Path, *overrides: str, record: dict | None = None,
     """``python train.py ...`` on 2 CPU processes writing to ``out`` (it must succeed when ``check``)."""
     args = ["experiment=quickstart", "data=local", f"data.source.files=['{corpus}']", "data.seq_len=64",
             "data.batch_size=2", f"data.val_documents={VAL_DOCS}", "data.num_workers=0", "data.shuffle_buffer=8",
-            "trainer.devices=2", "+trainer.strategy=ddp", f"trainer.max_steps={steps}", "trainer.log_every_n_steps=1",
+            "trainer.devices=2", "trainer.strategy=ddp", f"trainer.max_steps={steps}", "trainer.log_every_n_steps=1",
             "trainer.val_check_interval=4", "logger=csv", "validate_before=false", "export_hf=false",
             "~callbacks.layer_plan", f"hydra.run.dir='{out}'", *overrides,
             f"+callbacks.record._target_={RECORD}", f"+callbacks.record.out_dir='{out}'"]
@@ -111,6 +111,22 @@ def test_validation_perplexity_identical_on_both_ranks(straight):
     r0, r1 = _ranks(straight)
     assert [s for s, _ in r0["val"]] == [4, 8]
     assert r0["val"] == r1["val"]
+
+
+def test_logged_validation_tokens_are_the_held_out_sets_once(straight):
+    """Every rank scores the whole held-out set: ``val/tokens`` is its label count, not world_size times it."""
+    from transformers import AutoTokenizer
+
+    from kiwi.data.datamodule import PackedDataModule
+
+    ckpt = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    dm = PackedDataModule(AutoTokenizer.from_pretrained(ckpt["kiwi"]["tokenizer_dir"]),
+                          **ckpt["datamodule_hyper_parameters"])
+    dm.setup("validate")
+    held_out = sum(int((b["labels"] != -100).sum()) for b in dm.val_dataloader())
+    logged = {float(r["val/tokens"]) for r in csv.DictReader((straight / "csv" / "metrics.csv").open())
+              if r.get("val/tokens")}
+    assert logged == {float(held_out)}
 
 
 def test_gradient_and_logged_loss_weigh_every_token_of_the_global_batch(straight, kiwi_cache, tmp_path):

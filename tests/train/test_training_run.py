@@ -145,7 +145,7 @@ def test_budget_sets_max_steps_of_the_trainer_it_builds(tmp_path, kiwi_cache):
     from kiwi.model.build import build_model
     from kiwi.train.run import make_trainer, trainer_world_size, training_budget
 
-    cfg = _cfg(tmp_path, ["trainer.devices=2", "+trainer.strategy=ddp", "budget.total_tokens=2000"])
+    cfg = _cfg(tmp_path, ["trainer.devices=2", "trainer.strategy=ddp", "budget.total_tokens=2000"])
     built = build_model(cfg.model, cfg.paths.cache_dir, device="cpu")
     budget = training_budget(cfg, built)
     assert trainer_world_size(cfg.trainer) == 2 and budget.tokens_per_step == 2 * 128 * 2
