@@ -111,7 +111,8 @@ def test_trainer_configs_instantiate(option, tmp_path, kiwi_cache):
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
         assert trainer.max_steps == -1
         return
-    strategy = instantiate(cfg.trainer.strategy) if "strategy" in cfg.trainer else None
+    strategy = cfg.trainer.get("strategy")  # a name ("auto") or a strategy config to instantiate
+    strategy = instantiate(strategy) if OmegaConf.is_config(strategy) else strategy
     if option == "deepspeed_a100":
         assert isinstance(strategy, DeepSpeedStrategy)
         assert strategy.config["zero_optimization"]["stage"] == 2
