@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from kiwi.errors import DataError, KiwiError
 from kiwi.model.attention import document_lengths
 from kiwi.train.flops import flops_per_token, peak_flops
+from kiwi.train.module import NonFiniteLossError, mid_accumulation
 from kiwi.upscale import duplicated_sources, plot_importance, write_plan_files
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class CheckpointOnSignal(L.Callback):
         self._in_step = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.fit_loop.epoch_loop._should_accumulate():
+        if mid_accumulation(trainer):
             self._in_step = False  # mid-accumulation: no weight changed; stop at the optimizer step
             return
         self._in_step = False
@@ -252,7 +253,6 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     replays the interrupted optimizer step from its first micro-batch, exactly as an uninterrupted run.
     """
 
-
     def __init__(self, *args, save_last: bool | str = True, **kwargs):
         super().__init__(*args, save_last=save_last, **kwargs)
         self.consistent = True  # weights == the state of the last snapshot (or of the run's start)
@@ -264,7 +264,7 @@ class ModelCheckpoint(_LightningModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if trainer.fit_loop.epoch_loop._should_accumulate():
+        if mid_accumulation(trainer):
             self.consistent = self._boundary is not None or trainer.global_step == 0
             return
         self._boundary = self._snapshot(trainer)
@@ -278,10 +278,9 @@ class ModelCheckpoint(_LightningModelCheckpoint):
 
     def on_exception(self, trainer, pl_module, exception):
         super().on_exception(trainer, pl_module, exception)
-        name = type(exception).__name__
-        if name == "NonFiniteLossError":
-            ok = True  # kiwi.train.module raises it before the poisoned step changes any weight
-        elif name in ("RunInterrupted", "KeyboardInterrupt"):
+        if isinstance(exception, NonFiniteLossError):
+            ok = True  # raised before the poisoned step changes any weight
+        elif isinstance(exception, (RunInterrupted, KeyboardInterrupt)):
             ok = self.consistent  # False when a second signal cut a step short
         else:
             return  # an unexpected error: the state it left is unknown

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from kiwi.atomic import publish_dir, remove
 
 
 def writes_directories(strategy) -> bool:
     """Whether ``strategy.save_checkpoint`` writes a directory of files (DeepSpeed; FSDP sharded)."""
-    name = type(strategy).__name__
-    return "DeepSpeed" in name or ("FSDP" in name and getattr(strategy, "_state_dict_type", "") == "sharded")
+    return isinstance(strategy, DeepSpeedStrategy) or (
+        isinstance(strategy, FSDPStrategy) and getattr(strategy, "_state_dict_type", "") == "sharded")
 
 
 def publish_checkpoint_dirs(strategy, force: bool = False) -> None:

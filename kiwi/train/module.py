@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from kiwi.data.accumulation import GROUP_TOKENS_KEY
 from kiwi.errors import ConfigError, KiwiError
@@ -22,6 +23,12 @@ from kiwi.model.loss import DEFAULT_CHUNK, lm_nll, perplexity
 from kiwi.train.levers import split_copied
 
 log = logging.getLogger(__name__)
+
+
+def mid_accumulation(trainer: L.Trainer) -> bool:
+    """Whether the micro-batch just run is not the last of its optimizer step (Lightning's own rule; a
+    private method, so it is called here only)."""
+    return trainer.fit_loop.epoch_loop._should_accumulate()
 
 
 class NonFiniteLossError(KiwiError, RuntimeError):
@@ -55,7 +62,7 @@ class KiwiLM(L.LightningModule):
         self.last_val: tuple[int, float] | None = None  # (global step, mean held-out loss)
 
     def on_fit_start(self) -> None:
-        if self.hparams.nonfinite_loss == "skip" and "DeepSpeed" in type(self.trainer.strategy).__name__:
+        if self.hparams.nonfinite_loss == "skip" and isinstance(self.trainer.strategy, DeepSpeedStrategy):
             # DeepSpeed steps from its own gradient partitions, out of reach of the skip (which drops p.grad).
             raise ConfigError("module.nonfinite_loss=skip is not supported with DeepSpeed: its ZeRO optimizer "
                               "would still apply the step; use module.nonfinite_loss=stop, or trainer=gpu/fsdp")
@@ -113,7 +120,7 @@ class KiwiLM(L.LightningModule):
         either stops the run (``stop``) or drops every gradient so the optimizer leaves weights and its
         state untouched (``skip``: AdamW skips parameters without a gradient, decay and moments included).
         The LR schedule still advances with the global step."""
-        if self.trainer.fit_loop._should_accumulate():
+        if mid_accumulation(self.trainer):
             return  # DeepSpeed calls this hook for every micro-batch; the step ends at the last one
         nll = self._step_nll if self._step_nll is not None else torch.zeros((), dtype=torch.float64)
         tokens = self._step_tokens if self._step_tokens is not None else torch.zeros((), dtype=torch.int64)
