@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kiwi.data.accumulation import AccumulationGroups
-from kiwi.data.packed_dataset import STATE_KEY, PackedDataset, check_documents
+from kiwi.data.packed_dataset import STATE_KEY, PackedDataset, check_documents, dist_rank_world
 from kiwi.data.sources import build_source
 from kiwi.errors import ConfigError
 
@@ -98,9 +98,7 @@ class PackedDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return dist_rank_world()
 
     def prepare_data(self) -> None:
         self.source.prepare()

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 STATE_KEY = "stream_state"
 
 
-def _dist_rank_world() -> tuple[int, int]:
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, else (0, 1)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -175,7 +176,7 @@ class PackedDataset(IterableDataset):
         max_tokens: int | None = None,
     ) -> None:
         super().__init__()
-        dist_rank, dist_world = _dist_rank_world()
+        dist_rank, dist_world = dist_rank_world()
         self.rank = dist_rank if rank is None else rank
         self.world_size = dist_world if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
