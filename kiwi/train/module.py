@@ -216,5 +216,8 @@ class KiwiLM(L.LightningModule):
         checkpoint["kiwi"] = {"hf_config": self.model.config.to_dict(), "plan": self.plan.to_dict(),
                               "tokenizer_dir": getattr(self.tokenizer, "name_or_path", None)}
 
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)

@@ -131,7 +131,7 @@ def make_trainer(cfg: DictConfig, budget: Budget, loggers: list, extra_callbacks
 
 
 def log_start(cfg: DictConfig, built: BuiltModel, module: KiwiLM, budget: Budget, loggers: list) -> None:
-    n_params = sum(p.numel() for p in module.model.parameters())
+    n_params = module.num_parameters()
     log.info("model: %s -> %d layers, %.1fM params (%.1fM trainable)", built.base_path,
              module.model.config.num_hidden_layers, n_params / 1e6, module.num_trainable_parameters() / 1e6)
     log.info(budget.describe(cfg.budget.get("tokens_per_s_estimate")))
@@ -145,7 +145,7 @@ def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built
     """Rank 0 after fit: perplexity_report.json/.md, the Hugging Face export (adds ``hf_dir`` to ``result``)
     and the summary printed at the end."""
     out_dir = Path(cfg.paths.output_dir)
-    n_params = sum(p.numel() for p in module.model.parameters())
+    n_params = module.num_parameters()
     flops = training_flops(module.model.config, result["tokens"], cfg.data.seq_len)
     write_perplexity_report(out_dir, result["val/ppl_before"], result["val/ppl"], {
         "steps": result["steps"], "tokens": result["tokens"], "tokens_per_step": budget.tokens_per_step,
