@@ -70,16 +70,54 @@ def setting_name(layer_selection: Mapping | None, match_flops: bool = False) -> 
     return strategy + ("_id" if identity else "") + ("_new" if trainable == "new" else "")
 
 
+def _pick(cfg: Mapping, dotted: str):
+    for key in dotted.split("."):
+        cfg = cfg.get(key) if isinstance(cfg, Mapping) else None
+    return cfg
+
+
+# The suffix each lever adds to a setting's name (lever_suffix); a name holding one is a lever variant.
+LEVER_TAGS = ("_2phase", "_lrcopy", "_distill", "_grow", "_norewarm")
+
+
+def is_lever(setting: str) -> bool:
+    return any(tag in setting for tag in LEVER_TAGS)
+
+
+def lever_suffix(cfg: Mapping) -> str:
+    """The continued-pretraining levers (kiwi.train.levers) a resolved config turns on, as the suffix of its
+    setting's name (conf/study/interleave_id_<lever>.yaml); a value is appended when it is not the study
+    file's: `_2phase` (new layers alone first), `_lrcopy` (copied layers at a lower lr), `_distill`
+    (KL to the base), `_grow<k>` (grown in k steps), `_norewarm` (constant lr, no warmup)."""
+    out = ""
+    if (fraction := _pick(cfg, "callbacks.two_phase.new_only_fraction")) is not None:
+        out += "_2phase" + ("" if float(fraction) == 0.5 else f"{float(fraction):g}")
+    if (scale := _pick(cfg, "optimizer.copied_lr_scale")) is not None:
+        out += "_lrcopy" + ("" if float(scale) == 0.1 else f"{float(scale):g}")
+    if distill := _pick(cfg, "module.distill"):
+        alpha = float(distill.get("alpha") or 0.5)
+        out += "_distill" + ("" if alpha == 0.5 else f"{alpha:g}")
+    if (stages := _pick(cfg, "callbacks.grow_in_steps.stages")) is not None:
+        out += f"_grow{int(stages)}"
+    if (str(_pick(cfg, "scheduler._target_") or "").endswith(".warmup_constant")
+            and not _pick(cfg, "budget.warmup_fraction")):
+        out += "_norewarm"
+    return out
+
+
 def run_name(cfg: Mapping) -> str:
-    """``<task>-<setting>``: the default W&B run name (conf/logger/wandb.yaml resolves it)."""
+    """``<task>-<setting><levers>``: the default W&B run name (conf/logger/wandb.yaml resolves it)."""
     model = cfg.get("model") or {}
     match_flops = bool((cfg.get("budget") or {}).get("match_flops_layers"))
-    return f"{cfg.get('task_name')}-{setting_name(model.get('layer_selection'), match_flops)}"
+    setting = setting_name(model.get("layer_selection"), match_flops)
+    return f"{cfg.get('task_name')}-{setting}{'' if setting in (CONTROL_TOKENS, CONTROL_FLOPS) else lever_suffix(cfg)}"
 
 
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("kiwi_root"):
         OmegaConf.register_new_resolver("kiwi_root", lambda: str(ROOT_DIR))
+    if not OmegaConf.has_resolver("kiwi_mul"):  # e.g. the lr a cosine schedule ends at: lr x min_lr_ratio
+        OmegaConf.register_new_resolver("kiwi_mul", lambda a, b: float(a) * float(b))
     if not OmegaConf.has_resolver("kiwi_run_name"):
         OmegaConf.register_new_resolver("kiwi_run_name", lambda *, _root_: run_name(_root_))
 

@@ -16,6 +16,7 @@ import logging
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 from kiwi.data.packing import IGNORE_INDEX  # defined where labels are made; kiwi.data may not import kiwi.model
@@ -171,3 +172,50 @@ def lm_nll(model, input_ids: Tensor, labels: Tensor, position_ids: Tensor | None
     targets = shift_labels(labels).reshape(-1)
     nll = nll_sum(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, targets, chunk, impl)
     return nll, (targets != IGNORE_INDEX).sum()
+
+
+def _kl_chunk(h_s: Tensor, w_s: Tensor, h_t: Tensor, w_t: Tensor, valid: Tensor, temperature: float) -> Tensor:
+    with torch.autocast(h_s.device.type, enabled=False):
+        log_ps = torch.log_softmax((h_s.float() @ w_s.float().T) / temperature, dim=-1)
+        log_pt = torch.log_softmax((h_t.float() @ w_t.float().T) / temperature, dim=-1)
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)
+        return (kl * valid).sum() * temperature**2
+
+
+def distill_kl_sum(hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
+                   targets: Tensor, temperature: float = 1.0, chunk: int = DEFAULT_CHUNK) -> Tensor:
+    """Sum over the scored positions (``targets != IGNORE_INDEX``) of KL(teacher || student) between the
+    next-token distributions at ``temperature``, times temperature² so its gradient keeps the scale of the
+    cross-entropy's (Hinton et al., 2015). Each chunk's logits are recomputed in the backward
+    (activation checkpointing), so only the hidden states stay alive, as in ``chunked_nll_sum``."""
+    if not float(temperature) > 0:
+        raise ValueError(f"distillation temperature: expected a positive number, got {temperature}")
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    teacher_hidden, teacher_weight = teacher_hidden.detach(), teacher_weight.detach()
+    for start in range(0, hidden.shape[0], chunk):
+        valid = targets[start : start + chunk] != IGNORE_INDEX
+        if not bool(valid.any()):
+            continue
+        args = (hidden[start : start + chunk], weight, teacher_hidden[start : start + chunk], teacher_weight,
+                valid, float(temperature))
+        if torch.is_grad_enabled():
+            total = total + torch.utils.checkpoint.checkpoint(_kl_chunk, *args, use_reentrant=False)
+        else:
+            total = total + _kl_chunk(*args)
+    return total
+
+
+def lm_nll_and_kl(model, teacher, input_ids: Tensor, labels: Tensor, position_ids: Tensor | None = None,
+                  temperature: float = 1.0, chunk: int = DEFAULT_CHUNK, impl: str = "auto"
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """``lm_nll`` plus the distillation term: (sum of token NLLs, scored tokens, sum of KL(teacher ||
+    student) over the same positions). One student forward serves both; the teacher runs without grad."""
+    hidden = backbone_hidden(model, input_ids, position_ids)
+    with torch.no_grad():
+        teacher_hidden = backbone_hidden(teacher, input_ids, position_ids)
+    targets = shift_labels(labels).reshape(-1)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    nll = nll_sum(flat, model.lm_head.weight, targets, chunk, impl)
+    kl = distill_kl_sum(flat, model.lm_head.weight, teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
+                        teacher.lm_head.weight, targets, temperature, chunk)
+    return nll, (targets != IGNORE_INDEX).sum(), kl

@@ -3,7 +3,8 @@
     python -m kiwi.study.gather logs/study_cpu/tpp2 logs/study_cpu/tpp32 [--out DIR] [--wandb auto|offline|disabled]
 
 Writes results.md (per regime: the base, mean ± std per variant, paired 95% intervals against both
-controls, the reading), summary.csv, results.csv (every job), base_curves.csv and curves.png into ``--out``
+controls, the reading), summary.csv, results.csv (every job), base_curves.csv, curves.png and
+differences.png into ``--out``
 (default: <first multirun dir>/study).
 """
 
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob, load_jobs
-from kiwi.study.plot import plot_curves
+from kiwi.study.plot import plot_curves, plot_differences
 from kiwi.study.stats import last_doubling_improvement
 from kiwi.study.table import (
     COLUMNS,
@@ -170,8 +171,10 @@ def markdown_report(dirs: Sequence[Path], g: Gathered, plot_name: str) -> str:
         lines += [f"## Base at {regime}", "", *base_lines(b), "",
                   to_markdown([r for r in g.summary if r["regime"] == regime], SUMMARY_COLUMNS[1:]),
                   *reading(g.summary, regime), ""]
-    lines += [f"![held-out perplexity vs tokens]({plot_name})", "", "## Every job", "",
-              "Deltas against the controls of the same regime, learning rate and seed.", "",
+    lines += [f"![held-out perplexity vs tokens]({plot_name})", "",
+              "![paired differences against both controls, 95% intervals](differences.png)", "", "## Every job", "",
+              "Deltas against the controls of the same regime and seed (at the same lr when the controls ran at "
+              "several).", "",
               to_markdown(g.rows, COLUMNS)]
     if g.incomplete:
         lines += ["Unfinished jobs (no perplexity_report.json): " + ", ".join(str(p) for p in g.incomplete), ""]
@@ -205,6 +208,7 @@ def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path
     g.files["summary_csv"] = write_csv(g.summary, SUMMARY_CSV_COLUMNS, out / "summary.csv")
     g.files["base_curves"] = write_base_curves(bases, out / "base_curves.csv")
     g.files["plot"] = plot_curves(jobs, out / "curves.png")
+    g.files["differences_plot"] = plot_differences(g.summary, out / "differences.png")
     g.files["markdown"] = out / "results.md"
     g.files["markdown"].write_text(markdown_report(dirs, g, g.files["plot"].name))
     return g
@@ -226,7 +230,8 @@ def log_to_wandb(g: Gathered, mode: str = "auto", project: str | None = None, gr
     tables = {"study/all_jobs": (g.rows, COLUMNS), "study/summary": (g.summary, SUMMARY_CSV_COLUMNS)}
     for key, (rows, columns) in tables.items():
         run.log({key: wandb.Table(columns=list(columns), data=[[r.get(c) for c in columns] for r in rows])})
-    run.log({"study/curves": wandb.Image(str(g.files["plot"]))})
+    run.log({"study/curves": wandb.Image(str(g.files["plot"])),
+             "study/differences": wandb.Image(str(g.files["differences_plot"]))})
     run.finish()
     return run
 

@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from kiwi.cli import CONTROL_FLOPS, CONTROL_TOKENS, setting_name
+from kiwi.cli import CONTROL_FLOPS, CONTROL_TOKENS, lever_suffix, setting_name
 from kiwi.model.loss import perplexity
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,10 @@ class StudyJob:
     ppl_end: float | None
     steps: int
     tokens: int
-    train_flops: float | None
+    train_flops: float | None            # every FLOP of the run: the distillation teacher's forwards included
     wall_s: float | None
     wandb_group: str | None = None
+    teacher_flops: float = 0.0           # of which the distillation teacher's forward passes
     wandb_project: str | None = None
     base_dir: str | None = None          # the base every job of one regime continues (model.base)
     base_tokens_per_param: float | None = None  # the regime knob (study.base_tokens_per_param)
@@ -53,29 +54,35 @@ class StudyJob:
         return Path(self.base_dir).name if self.base_dir else "base"
 
 
-def variant_label(strategy: str, identity_init: bool, trainable: str, match_flops: bool,
-                  two_phase: float | None = None, copied_lr_scale: float | None = None) -> str:
-    """The ``+study=`` name of a setting (conf/study/<name>.yaml), derived from the resolved config rather
-    than from how it was asked for, so `+study=solar_id` and `model.layer_selection=solar
-    model.layer_selection.identity_init=true` get the same row. Settings no study file has:
-    strategy + `_id` (identity_init) + `_new` (only the copies train). The levers (kiwi.train.levers) add
-    `_2phase` (new layers alone for half the steps) and `_lrcopy` (copied layers at 0.1 x lr), with their
-    value appended when it is not the study file's."""
-    if strategy == "none":
-        return setting_name(None, match_flops)  # levers do not apply to the controls
-    name = setting_name({"strategy": strategy, "identity_init": identity_init, "trainable": trainable}, match_flops)
-    if two_phase is not None:
-        name += "_2phase" + ("" if two_phase == 0.5 else f"{two_phase:g}")
-    if copied_lr_scale is not None:
-        name += "_lrcopy" + ("" if copied_lr_scale == 0.1 else f"{copied_lr_scale:g}")
-    return name
+def variant_label(cfg) -> str:
+    """The ``+study=`` name of a job (conf/study/<name>.yaml), derived from its resolved config rather than
+    from how it was asked for, so `+study=solar_id` and `model.layer_selection=solar
+    model.layer_selection.identity_init=true` get the same row: kiwi.cli's setting name, plus the levers'
+    suffixes (kiwi.cli.lever_suffix) on every variant but the controls."""
+    layer_selection = {key: _select(cfg, f"model.layer_selection.{key}")
+                       for key in ("strategy", "identity_init", "trainable")}
+    setting = setting_name(layer_selection, bool(_select(cfg, "budget.match_flops_layers", None)))
+    if setting in (CONTROL_TOKENS, CONTROL_FLOPS):
+        return setting  # levers do not apply to the controls
+    return setting + lever_suffix(_resolved_levers(cfg))
 
 
-def lever_settings(cfg) -> tuple[float | None, float | None]:
-    """(two-phase new-only fraction, copied-layer lr scale) of a job's resolved config; None = lever off."""
-    two_phase = _select(cfg, "callbacks.two_phase.new_only_fraction")
-    scale = _select(cfg, "optimizer.copied_lr_scale")
-    return (None if two_phase is None else float(two_phase)), (None if scale is None else float(scale))
+def _resolved_levers(cfg) -> dict:
+    """The lever keys of a job's config, resolved one by one (a job's saved config may hold interpolations
+    that need the Hydra runtime, such as paths)."""
+    keys = ("callbacks.two_phase.new_only_fraction", "optimizer.copied_lr_scale", "module.distill",
+            "callbacks.grow_in_steps.stages", "scheduler._target_", "budget.warmup_fraction")
+    out: dict = {}
+    for key in keys:
+        value = _select(cfg, key)
+        if value is None:
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    return out
 
 
 def _select(cfg, key: str, default=None):
@@ -114,7 +121,6 @@ def load_job(job_dir: str | Path) -> StudyJob:
     strategy = str(_select(cfg, "model.layer_selection.strategy", "none"))
     identity = bool(_select(cfg, "model.layer_selection.identity_init", False))
     trainable = str(_select(cfg, "model.layer_selection.trainable", "all"))
-    match_flops = bool(_select(cfg, "budget.match_flops_layers", None))
     per_step = int(report.get("tokens_per_step") or 0)
     if report.get("val_curve"):  # exact: written by kiwi.train.run
         points = {int(p["tokens"]): float(p["ppl"]) for p in report["val_curve"]}
@@ -127,7 +133,7 @@ def load_job(job_dir: str | Path) -> StudyJob:
             points[int(report["tokens"])] = report["val_ppl_after"]
     return StudyJob(
         path=job_dir,
-        variant=variant_label(strategy, identity, trainable, match_flops, *lever_settings(cfg)),
+        variant=variant_label(cfg),
         strategy=strategy,
         identity_init=identity,
         trainable=trainable,
@@ -138,6 +144,7 @@ def load_job(job_dir: str | Path) -> StudyJob:
         steps=int(report["steps"]),
         tokens=int(report["tokens"]),
         train_flops=report.get("train_flops"),
+        teacher_flops=float(report.get("teacher_flops") or 0.0),
         wall_s=report.get("fit_wall_s"),
         wandb_group=_select(cfg, "logger.wandb.group"),
         wandb_project=_select(cfg, "logger.wandb.project"),

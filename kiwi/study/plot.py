@@ -1,5 +1,6 @@
-"""Held-out perplexity vs extra training tokens: per regime one panel, per variant the mean curve over
-seeds with a ±1 std band (seeds validate at the same token counts, so the curves align)."""
+"""The study's two plots: held-out perplexity vs extra training tokens (per regime a panel of strategies and
+one of levers, each variant's mean curve over seeds with a ±1 std band; seeds validate at the same token
+counts, so the curves align), and the paired differences against both controls with their 95% intervals."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from kiwi.cli import is_lever
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
 from kiwi.study.table import groups
 
@@ -21,23 +23,42 @@ def mean_curve(jobs: Sequence[StudyJob]) -> list[tuple[int, float, float]]:
     return out
 
 
-def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
-                title: str = "Depth up-scaling at small scale") -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
+                title: str = "Depth up-scaling at small scale") -> Path:
+    plt = _pyplot()
     by = groups([j for j in jobs if j.curve])
     regimes = list(dict.fromkeys(key[0] for key in by))
-    fig, axes = plt.subplots(1, max(1, len(regimes)), figsize=(7 * max(1, len(regimes)), 5), dpi=110,
-                             squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    has_levers = any(is_lever(key[1]) for key in by)
+    panels = [(r, part) for r in regimes for part in (("strategies", "levers") if has_levers else ("all",))]
+    cols = 2 if has_levers else max(1, len(regimes))
+    rows = len(regimes) if has_levers else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 5.5 * rows), dpi=110, squeeze=False)
+    cmap = plt.get_cmap("tab20")
     variants = list(dict.fromkeys(key[1] for key in by))
-    for ax, regime in zip(axes[0], regimes, strict=False):
+    for ax, (regime, part) in zip(axes.flat, panels, strict=False):
         values = []
         for (reg, variant, lr), members in by.items():
-            if reg != regime:
+            control = variant in (CONTROL_TOKENS, CONTROL_FLOPS)
+            shown = part == "all" or control or (is_lever(variant) or variant == "interleave_id") == (part == "levers")
+            if reg != regime or not shown:
                 continue
             curve = mean_curve(members)
             if not curve:
@@ -45,7 +66,7 @@ def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
             xs, ys, sd = zip(*curve, strict=True)
             values += ys
             style = {CONTROL_TOKENS: dict(color="k", ls="--"), CONTROL_FLOPS: dict(color="k", ls=":")}.get(
-                variant, dict(color=cmap(variants.index(variant) % 10), ls="-"))
+                variant, dict(color=cmap(variants.index(variant) % 20), ls="-"))
             ax.plot(xs, ys, lw=1.6, marker="o", ms=3, label=f"{variant} (lr {lr:g}, {len(members)} seeds)",
                     **style)
             ax.fill_between(xs, [y - s for y, s in zip(ys, sd, strict=True)],
@@ -54,12 +75,40 @@ def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
             ax.set_yscale("log")
         ax.set_xlabel("extra training tokens")
         ax.set_ylabel("held-out perplexity (mean ± std over seeds)")
-        ax.set_title(f"{title}: base at {regime}")
+        ax.set_title(f"{title}: base at {regime}" + ("" if part == "all" else f" ({part})"), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_differences(summary: Sequence[dict], path: str | Path) -> Path:
+    """Per regime, every variant's paired difference in final held-out perplexity against each control:
+    mean and 95% t interval over seeds (left of 0 = better than the control). Where an interval does not
+    cross 0 the difference is established."""
+    plt = _pyplot()
+    regimes = list(dict.fromkeys(r["regime"] for r in summary))
+    per_panel = max(len(summary) / max(1, len(regimes)), 8)
+    fig, axes = plt.subplots(1, max(1, len(regimes)), squeeze=False, dpi=110,
+                             figsize=(7.5 * max(1, len(regimes)), 0.38 * per_panel + 1.5))
+    for ax, regime in zip(axes[0], regimes, strict=False):
+        rows = [r for r in summary if r["regime"] == regime and r["variant"] not in (CONTROL_TOKENS, CONTROL_FLOPS)]
+        for k, (ctrl, color, dy) in enumerate(((CONTROL_TOKENS, "tab:blue", -0.15), (CONTROL_FLOPS, "tab:red", 0.15))):
+            ys, means, lows, highs = [], [], [], []
+            for i, row in enumerate(rows):
+                d = row["diffs"].get(ctrl)
+                if d is None or d.low is None:
+                    continue
+                ys.append(i + dy)
+                means.append(d.mean)
+                lows.append(d.mean - d.low)
+                highs.append(d.high - d.mean)
+            label = "vs equal-token control" if k == 0 else "vs equal-FLOPs control"
+            ax.errorbar(means, ys, xerr=[lows, highs], fmt="o", ms=4, capsize=2, color=color, label=label)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(rows)), [r["variant"] for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("final held-out ppl vs control, % (mean, 95% interval over seeds)")
+        ax.set_title(f"Paired differences: base at {regime}", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)

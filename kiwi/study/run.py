@@ -1,5 +1,7 @@
 """The whole DUS study in one command: per regime the base (step 1), then every variant x seed (step 2),
-then the gather. Each step is the `train.py` command a user would type, run as a subprocess.
+then the gather. Each step is the `train.py` command a user would type, run as a subprocess; ``--workers``
+of them at once (default 2: the most trained base beside the other regime's jobs), each one's output in
+``logs/<profile>/study_run/<task>.log``.
 
     python -m kiwi.study.run                                    # CPU profile, both regimes, 3 seeds
     python -m kiwi.study.run --profile study_gpu --out bench/results/study_gpu
@@ -15,13 +17,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 WIKIPEDIA = ROOT.parent / "shared" / "data" / "wikipedia-en-2015"
-VARIANTS = "control_tokens,control_flops,interleave_id,interleave_id_2phase,interleave_id_lrcopy"
-REGIMES = (2, 32)  # base tokens per parameter: under-trained (as the v1 study) and over-trained
+# Every setting of conf/study/: the two controls, every strategy variant and every lever.
+VARIANTS = ",".join(sorted((p.stem for p in (ROOT / "conf" / "study").glob("*.yaml")),
+                           key=lambda name: (not name.startswith("control"), name)))
+REGIMES = (64, 8192)  # base tokens per parameter: under-trained, and the most over-trained the CPU budget allows
 
 
 def data_overrides(corpus: str) -> list[str]:
@@ -53,10 +59,81 @@ def base_val_every(profile: str, tokens_per_param: float) -> list[str]:
     return [f"trainer.val_check_interval={max(1, round(steps / 16))}"]
 
 
-def sh(cmd: list[str], dry: bool) -> None:
-    print("$", " ".join(cmd), flush=True)
-    if not dry:
-        subprocess.run(cmd, cwd=ROOT, check=True)
+@dataclass
+class Task:
+    """One ``train.py`` command of the study; it starts once the task named ``after`` has finished."""
+
+    name: str
+    cmd: list[str]
+    after: str | None = None
+
+
+def run_tasks(tasks: list[Task], workers: int, log_dir: Path, dry: bool = False) -> dict[str, float]:
+    """Run ``tasks`` on ``workers`` processes at once, each with cpus / workers torch threads, in list order
+    as their dependencies allow; each writes its output to ``log_dir/<name>.log``. Returns the wall seconds
+    per task; the first failure stops new tasks from starting and raises SystemExit naming its log."""
+    for t in tasks:
+        print("$", " ".join(t.cmd), flush=True)
+    if dry:
+        return {}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+    pending, done, failed, walls = list(tasks), set(), [], {}
+    cond = threading.Condition()
+
+    def next_task() -> Task | None:
+        with cond:
+            while True:
+                if failed:
+                    return None
+                ready = [t for t in pending if t.after is None or t.after in done]
+                if ready:
+                    pending.remove(ready[0])
+                    return ready[0]
+                if not pending:
+                    return None
+                cond.wait()
+
+    def worker() -> None:
+        while (task := next_task()) is not None:
+            log_path = log_dir / f"{task.name}.log"
+            print(f"kiwi.study.run: start {task.name} (log: {log_path})", flush=True)
+            start = time.perf_counter()
+            with log_path.open("w") as out:
+                rc = subprocess.run(task.cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+            with cond:
+                walls[task.name] = round(time.perf_counter() - start, 1)
+                (failed.append((task, rc, log_path)) if rc else done.add(task.name))
+                cond.notify_all()
+            print(f"kiwi.study.run: {'FAILED' if rc else 'done'} {task.name} in {walls[task.name]:.0f} s", flush=True)
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, workers))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if failed:
+        task, rc, log_path = failed[0]
+        raise SystemExit(f"kiwi.study.run: {task.name} failed (exit {rc}); see {log_path}")
+    return walls
+
+
+def study_tasks(profile: str, regimes: list[str], seeds: int, variants: str, data: list[str],
+                overrides: list[str]) -> tuple[list[Task], list[str]]:
+    """Per regime the base, then one multirun of every variant per seed (seeds run in parallel when
+    workers allow); the most trained base first, as it takes longest. Returns (tasks, sweep directories)."""
+    py = [sys.executable, "train.py"]
+    tasks, sweeps = [], []
+    for tpp in sorted(regimes, key=float, reverse=True):
+        regime = [f"study.base_tokens_per_param={tpp}", *data, *overrides]
+        base = f"base-tpp{tpp}"
+        tasks.append(Task(base, [*py, f"experiment={profile}_base", *regime, *base_val_every(profile, float(tpp))]))
+        for seed in range(1, seeds + 1):
+            sweep = f"logs/{profile}/tpp{tpp}/seed{seed}"
+            tasks.append(Task(f"tpp{tpp}-seed{seed}", [*py, "-m", f"experiment={profile}", *regime, f"seed={seed}",
+                                                         f"+study={variants}", f"hydra.sweep.dir={sweep}"], after=base))
+            sweeps.append(sweep)
+    return tasks, sweeps
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -66,6 +143,8 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--variants", default=VARIANTS)
     p.add_argument("--corpus", default="auto", help="auto | wikipedia | docstrings")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="train.py processes at once (each gets cpus / workers threads)")
     p.add_argument("--out", default="docs/study", help="where the gather writes its tables and plot")
     p.add_argument("--wandb", default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
@@ -73,27 +152,20 @@ def main(argv: list[str] | None = None) -> float:
     args = p.parse_args(argv)
     if args.seeds < 2:
         raise SystemExit("--seeds: the paired intervals need at least 2 seeds")
-    data = data_overrides(args.corpus)
-    py = [sys.executable, "train.py"]
+    tasks, sweeps = study_tasks(args.profile, args.regimes.split(","), args.seeds, args.variants,
+                                data_overrides(args.corpus), args.overrides)
     start = time.perf_counter()
-    sweeps = []
-    for tpp in args.regimes.split(","):
-        regime = [f"study.base_tokens_per_param={tpp}", *data, *args.overrides]
-        sh([*py, f"experiment={args.profile}_base", *regime, *base_val_every(args.profile, float(tpp))],
-           args.dry_run)
-        sweep = f"logs/{args.profile}/tpp{tpp}"
-        seeds = ",".join(str(s) for s in range(1, args.seeds + 1))
-        sh([*py, "-m", f"experiment={args.profile}", *regime, f"seed={seeds}", f"+study={args.variants}",
-            f"hydra.sweep.dir={sweep}"], args.dry_run)
-        sweeps.append(sweep)
+    walls = run_tasks(tasks, args.workers, ROOT / "logs" / args.profile / "study_run", args.dry_run)
     wall = time.perf_counter() - start
-    sh([sys.executable, "-m", "kiwi.study.gather", *sweeps, "--out", args.out, "--wandb", args.wandb],
-       args.dry_run)
+    gather_cmd = [sys.executable, "-m", "kiwi.study.gather", *sweeps, "--out", args.out, "--wandb", args.wandb]
+    print("$", " ".join(gather_cmd), flush=True)
     if not args.dry_run:
+        subprocess.run(gather_cmd, cwd=ROOT, check=True)
         Path(args.out, "wall_time.json").write_text(json.dumps(
-            {"study_wall_s": round(wall, 1), "regimes": args.regimes, "seeds": args.seeds,
-             "variants": args.variants, "cpus": os.cpu_count()}, indent=2) + "\n")
-        print(f"kiwi.study.run: whole study (bases + jobs) {wall / 60:.1f} min wall")
+            {"study_wall_s": round(wall, 1), "regimes": args.regimes, "seeds": args.seeds, "variants": args.variants,
+             "workers": args.workers, "cpus": os.cpu_count(), "task_wall_s": walls,
+             "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}, indent=2) + "\n")
+        print(f"kiwi.study.run: whole study (bases + jobs) {wall / 60:.1f} min wall on {args.workers} workers")
     return wall
 
 

@@ -37,13 +37,25 @@ def delta_pct(value: float | None, reference: float | None) -> float | None:
     return 100.0 * (value - reference) / reference
 
 
+def control_lr(jobs: Sequence[StudyJob], regime: str, control: str, lr: float) -> float | None:
+    """The lr of the ``control`` a variant at ``lr`` is paired with: the same lr when the control was run at
+    it (an lr sweep), else the control's only lr in the regime (a lever whose lr is part of it, such as
+    no re-warming, against the study's controls); None when there is no such control."""
+    lrs = {j.lr for j in jobs if j.regime == regime and j.variant == control}
+    if lr in lrs:
+        return lr
+    return next(iter(lrs)) if len(lrs) == 1 else None
+
+
 def all_rows(jobs: Sequence[StudyJob]) -> list[dict]:
-    """One row per job; deltas against the controls of the same regime, learning rate and seed (the pair)."""
+    """One row per job; deltas against the controls of the same regime and seed (the pair), at the same
+    learning rate when the controls were run at several (``control_lr``)."""
     controls = {(j.regime, j.variant, j.lr, j.seed): j for j in jobs if j.is_control}
     bases = {j.regime: j.ppl_step0 for j in jobs if j.is_control and j.ppl_step0 is not None}
     rows = []
     for job in sorted(jobs, key=variant_order):
-        ctrl = {c: controls.get((job.regime, c, job.lr, job.seed)) for c in (CONTROL_TOKENS, CONTROL_FLOPS)}
+        ctrl = {c: controls.get((job.regime, c, control_lr(jobs, job.regime, c, job.lr), job.seed))
+                for c in (CONTROL_TOKENS, CONTROL_FLOPS)}
         base = bases.get(job.regime)
         rows.append({
             "regime": job.regime, "variant": job.variant, "seed": job.seed, "lr": job.lr,
@@ -77,7 +89,7 @@ def fmt_diff(d: PairedDiff | None) -> str:
 
 def summary_rows(jobs: Sequence[StudyJob]) -> list[dict]:
     """Per (regime, variant, lr): mean ± std of the final ppl over seeds, and the paired difference
-    against each control of the same regime and lr (``diffs`` keeps the PairedDiff objects)."""
+    against each control of the same regime (and lr, per ``control_lr``; ``diffs`` keeps the PairedDiff objects)."""
     finite = [j for j in jobs if j.ppl_end is not None and math.isfinite(j.ppl_end)]
     by = groups(finite)
     rows = []
@@ -86,7 +98,7 @@ def summary_rows(jobs: Sequence[StudyJob]) -> list[dict]:
         s = summarize(list(ends.values()))
         diffs = {}
         for ctrl in (CONTROL_TOKENS, CONTROL_FLOPS):
-            ref = by.get((regime, ctrl, lr))
+            ref = by.get((regime, ctrl, control_lr(finite, regime, ctrl, lr)))
             diffs[ctrl] = None if ref is None or ctrl == variant else paired_diff(ends, {j.seed: j.ppl_end
                                                                                         for j in ref})
         rows.append({

@@ -63,6 +63,19 @@ def training_flops(config, tokens: int, seq_len: int) -> float:
     return float(tokens) * flops_per_token(config, [seq_len])
 
 
+def forward_flops(config, tokens: int, seq_len: int) -> float:
+    """Model FLOPs of a forward pass over ``tokens`` tokens: a third of ``training_flops`` in this
+    convention (2N of 6N matmul FLOPs, and the attention's forward share). What a distillation teacher costs."""
+    return training_flops(config, tokens, seq_len) / 3
+
+
+def teacher_matched_tokens(total_tokens: float, config, teacher_config, seq_len: int) -> int:
+    """Tokens at which training ``config``'s model *plus* a teacher's forward pass on every token costs
+    the FLOPs of training it alone on ``total_tokens``: distillation at equal compute."""
+    own = flops_per_token(config, [seq_len])
+    return int(round(float(total_tokens) * own / (own + flops_per_token(teacher_config, [seq_len]) / 3)))
+
+
 def tokens_per_param_budget(tokens_per_param: float, model) -> int:
     """``budget.tokens_per_param`` x every parameter of ``model`` (tied embeddings once): the training
     regime (Qwen2.5-0.5B saw ~36,000 tokens per parameter) as a token budget."""

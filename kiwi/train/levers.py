@@ -1,4 +1,4 @@
-"""Levers for continued pretraining of a grown model (the DUS study's conf/study/*_2phase, *_lrcopy).
+"""Levers for continued pretraining of a grown model (the DUS study's conf/study/interleave_id_*.yaml).
 
 - ``optimizer.copied_lr_scale``: the weights carried over from the base (embeddings, final norm and the
   first occurrence of every base layer) train at ``scale`` x the peak lr; the new layers (the plan's 2nd+
@@ -7,14 +7,28 @@
   gradients of the rest are dropped before the step, so AdamW leaves them and their state untouched);
   then all train. The backward still computes every gradient, so its FLOPs are those of the plain
   variant and the study counts them so (an upper bound on what a frozen-weights phase 1 would cost).
+- ``module.distill``: KL to the base's next-token distribution mixed into the loss
+  (kiwi.model.loss.lm_nll_and_kl). The base's forward pass on every token is counted (``run_flops``), and
+  with ``flops_matched`` the run trains on fewer tokens so that student + teacher cost the plain run's FLOPs.
+- :class:`GrowInSteps`: the new layers join in several stages instead of at once; a layer costs FLOPs only
+  from the step it joins (``run_flops``).
+- Re-warming or not is a schedule choice (conf/study/interleave_id_norewarm.yaml), not code.
 """
 
 from __future__ import annotations
 
+import copy
+import types
+from collections.abc import Mapping
+
 import torch
 from lightning import Callback
 
-from kiwi.upscale import LayerPlan, decoder_layers
+from kiwi.errors import ConfigError
+from kiwi.train.budget import forward_flops, training_flops
+from kiwi.upscale import LayerPlan, decoder_layers, zero_residual_branch
+
+DISTILL_OPTIONS = {"alpha": 0.5, "temperature": 1.0, "flops_matched": True}
 
 
 def new_layer_params(model: torch.nn.Module, plan: LayerPlan) -> set[int]:
@@ -63,3 +77,110 @@ class TwoPhase(Callback):
         if trainer.global_step < self.phase1_steps(trainer.max_steps):
             for p in self._frozen:
                 p.grad = None
+
+
+def distill_settings(distill: Mapping | None) -> dict | None:
+    """``module.distill`` checked and completed: None (off) or {alpha, temperature, flops_matched}.
+    The loss is (1 - alpha) x cross-entropy + alpha x temperature² x KL(base || model)."""
+    if not distill:
+        return None
+    unknown = sorted(set(distill) - set(DISTILL_OPTIONS))
+    if unknown:
+        raise ConfigError(f"module.distill: unknown option(s) {unknown}; expected {sorted(DISTILL_OPTIONS)}")
+    out = {**DISTILL_OPTIONS, **{k: v for k, v in distill.items() if v is not None}}
+    out["alpha"], out["temperature"], out["flops_matched"] = (float(out["alpha"]), float(out["temperature"]),
+                                                              bool(out["flops_matched"]))
+    if not 0 < out["alpha"] <= 1:
+        raise ConfigError(f"module.distill.alpha: expected a value in (0, 1], got {out['alpha']}")
+    if not out["temperature"] > 0:
+        raise ConfigError(f"module.distill.temperature: expected a positive number, got {out['temperature']}")
+    return out
+
+
+def _pass_through(self, hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+class GrowInSteps(Callback):
+    """Grow in ``stages`` steps instead of once: the plan's new layers (in depth order) join in ``stages``
+    groups, group k at optimizer step round(k x max_steps / stages), group 0 from the start. Until it
+    joins, a new layer is skipped (its forward returns its input: no FLOPs, no gradient, no optimizer
+    state). When it joins it is copied again from the *current* weights of the layer it duplicates (that
+    base layer's first copy), with identity_init re-applied, so the model grows from what it has learned
+    since the last growth rather than from the base. Single process only (DDP would see unused parameters)."""
+
+    def __init__(self, stages: int = 2):
+        if int(stages) < 2:
+            raise ValueError(f"grow_in_steps.stages: expected 2 or more (1 is growing once), got {stages}")
+        self.stages = int(stages)
+        self.grown: set[int] = set()  # stages whose layers have joined (checkpointed)
+
+    def groups(self, plan: LayerPlan) -> list[list[int]]:
+        new = sorted(plan.new_layers)
+        if len(new) < self.stages:
+            raise ConfigError(f"grow_in_steps.stages={self.stages}: the plan {plan.strategy} "
+                              f"{plan.n_source}->{plan.n_target} has only {len(new)} new layer(s)")
+        size, extra = divmod(len(new), self.stages)
+        bounds = [k * size + min(k, extra) for k in range(self.stages + 1)]
+        return [new[bounds[k]:bounds[k + 1]] for k in range(self.stages)]
+
+    def start_step(self, stage: int, max_steps: int) -> int:
+        return int(round(stage * max_steps / self.stages))
+
+    def state_dict(self) -> dict:
+        return {"grown": sorted(self.grown)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.grown = {int(k) for k in state_dict.get("grown", [])}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.world_size > 1:
+            raise ConfigError("grow_in_steps runs in one process only: under DDP the layers that have not "
+                              "joined yet would be unused parameters")
+        self._sync(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._sync(trainer, pl_module)
+
+    def _sync(self, trainer, pl_module) -> None:
+        plan, layers = pl_module.plan, decoder_layers(pl_module.model)
+        for k, group in enumerate(self.groups(plan)):
+            joined = self.start_step(k, trainer.max_steps) <= trainer.global_step
+            for j in group:
+                if joined and k not in self.grown and k > 0:
+                    layers[j].load_state_dict(layers[plan.sources.index(plan.sources[j])].state_dict())
+                    if plan.identity_init[j]:
+                        zero_residual_branch(layers[j], j)
+                if joined:
+                    layers[j].__dict__.pop("forward", None)
+                else:
+                    layers[j].forward = types.MethodType(_pass_through, layers[j])
+            if joined:
+                self.grown.add(k)
+
+    def training_flops(self, config, plan: LayerPlan, steps: int, max_steps: int, tokens_per_step: int,
+                       seq_len: int) -> float:
+        """Training FLOPs of ``steps`` steps, each stage at the depth it had (layers not joined cost nothing)."""
+        groups = self.groups(plan)
+        total = 0.0
+        for k in range(self.stages):
+            end = self.start_step(k + 1, max_steps) if k + 1 < self.stages else max_steps
+            n = max(0, min(steps, end) - min(steps, self.start_step(k, max_steps)))
+            depth = copy.deepcopy(config)
+            depth.num_hidden_layers = plan.n_target - sum(len(g) for g in groups[k + 1:])
+            total += training_flops(depth, n * tokens_per_step, seq_len)
+        return total
+
+
+def run_flops(callbacks, config, plan: LayerPlan, teacher_config, steps: int, max_steps: int,
+              tokens_per_step: int, seq_len: int) -> tuple[float, float]:
+    """(training FLOPs of a run with its levers, of which the distillation teacher's forward passes)."""
+    grow = next((cb for cb in callbacks if isinstance(cb, GrowInSteps)), None)
+    tokens = steps * tokens_per_step
+    own = (grow.training_flops(config, plan, steps, max_steps, tokens_per_step, seq_len) if grow
+           else training_flops(config, tokens, seq_len))
+    teacher = forward_flops(teacher_config, tokens, seq_len) if teacher_config is not None else 0.0
+    return own + teacher, teacher

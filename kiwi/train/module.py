@@ -19,8 +19,8 @@ from kiwi.data.accumulation import GROUP_TOKENS_KEY
 from kiwi.errors import ConfigError, KiwiError
 from kiwi.model.build import BuiltModel, as_dict, build_model
 from kiwi.model.checkpointing import apply_activation_checkpointing
-from kiwi.model.loss import DEFAULT_CHUNK, lm_nll, perplexity
-from kiwi.train.levers import split_copied
+from kiwi.model.loss import DEFAULT_CHUNK, lm_nll, lm_nll_and_kl, perplexity
+from kiwi.train.levers import distill_settings, split_copied
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,11 @@ class KiwiLM(L.LightningModule):
                  cache_dir: str = "~/.cache/kiwi", loss_chunk: int = DEFAULT_CHUNK,
                  nonfinite_loss: str = "stop", warmup_steps: int = 0, total_steps: int = 1,
                  loss_impl: str = "auto", device: str = "cpu",
-                 plan: Mapping | None = None, built: BuiltModel | None = None):
+                 plan: Mapping | None = None, built: BuiltModel | None = None, distill: Mapping | None = None):
         super().__init__()
         if nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"module.nonfinite_loss: expected 'stop' or 'skip', got {nonfinite_loss!r}")
+        self.distill = distill_settings(distill)
         self.save_hyperparameters(ignore=["built"])
         if built is None:
             # A stored plan (e.g. a measured importance plan) is reused, never re-derived.
@@ -56,12 +57,30 @@ class KiwiLM(L.LightningModule):
         self.plan = built.plan
         self.importance = built.importance
         self.hparams["plan"] = built.plan.to_dict()
+        # The distillation teacher is the base itself, frozen; held in a tuple so that it is not a submodule
+        # (not in state_dict, the optimizer or the parameter counts).
+        self._teacher = (self._load_teacher(built.base_path, model_cfg),) if self.distill else ()
         self.skipped_steps = 0
         self._step_nll: torch.Tensor | None = None  # this rank's NLL sum over the step's micro-batches
         self._step_tokens: torch.Tensor | None = None  # label tokens of the step over all ranks
         self.last_val: tuple[int, float] | None = None  # (global step, mean held-out loss)
 
+    @property
+    def teacher(self):
+        return self._teacher[0] if self._teacher else None
+
+    @staticmethod
+    def _load_teacher(base_path: str, model_cfg: Mapping):
+        from kiwi.model.io import load_model  # model I/O is needed only when distilling
+
+        mcfg = as_dict(model_cfg)
+        teacher = load_model(base_path, dtype=mcfg.get("dtype", "float32"),
+                             attn_implementation=mcfg.get("attn_implementation", "auto"))[0]
+        return teacher.eval().requires_grad_(False)
+
     def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
         if self.hparams.nonfinite_loss == "skip" and isinstance(self.trainer.strategy, DeepSpeedStrategy):
             # DeepSpeed steps from its own gradient partitions, out of reach of the skip (which drops p.grad).
             raise ConfigError("module.nonfinite_loss=skip is not supported with DeepSpeed: its ZeRO optimizer "
@@ -105,10 +124,18 @@ class KiwiLM(L.LightningModule):
         """Loss = sum of this micro-batch's token NLLs x (accumulation x world size) / label tokens of the
         whole step, so after Lightning's division by the accumulation and DDP's mean over ranks the gradient
         is that of (sum of NLLs) / (tokens) over the global batch: every token weighs the same."""
-        nll, n_tokens = self.nll(batch)
+        if self.teacher is None:
+            nll, n_tokens = self.nll(batch)
+            objective = nll
+        else:  # distillation (module.distill): (1 - alpha) NLL + alpha KL(base || model), both token sums
+            nll, n_tokens, kl = lm_nll_and_kl(
+                self.model, self.teacher, batch["input_ids"], batch["labels"], batch.get("position_ids"),
+                temperature=self.distill["temperature"], chunk=self.hparams.loss_chunk, impl=self.hparams.loss_impl)
+            objective = (1 - self.distill["alpha"]) * nll + self.distill["alpha"] * kl
+            self.log("train/distill_kl", (kl.detach() / n_tokens.clamp_min(1)).float())
         tokens = self.step_label_tokens(batch, n_tokens)
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
-        loss = nll * (scale / tokens.clamp_min(1).to(nll.dtype))
+        loss = objective * (scale / tokens.clamp_min(1).to(nll.dtype))
         nll = nll.detach().double()
         self._step_nll = nll if self._step_nll is None else self._step_nll + nll
         self._step_tokens = tokens

@@ -18,9 +18,10 @@ from kiwi.cli import instantiate_group, task_wrapper, validate_trainer
 from kiwi.errors import ConfigError
 from kiwi.model.build import BuiltModel, as_dict, build_model
 from kiwi.model.io import export_hf
-from kiwi.train.budget import Budget, flops_matched_tokens, make_budget, tokens_per_param_budget, training_flops
+from kiwi.train.budget import Budget, flops_matched_tokens, make_budget, teacher_matched_tokens, tokens_per_param_budget
 from kiwi.train.callbacks import CheckpointOnSignal, EmptyEpochGuard, RunInterrupted
 from kiwi.train.checkpoint import publish_checkpoint_dirs
+from kiwi.train.levers import distill_settings, run_flops
 from kiwi.train.module import KiwiLM, perplexity
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,17 @@ def trainer_world_size(trainer_cfg: DictConfig) -> int:
 
 
 def training_budget(cfg: DictConfig, built: BuiltModel) -> Budget:
-    """Optimizer steps of the token budget (or of ``budget.match_flops_layers``' FLOPs) at this global batch."""
+    """Optimizer steps of the token budget (or of ``budget.match_flops_layers``' FLOPs; less the teacher's
+    FLOPs when distilling with ``flops_matched``) at this global batch."""
     total_tokens = cfg.budget.total_tokens
     if cfg.budget.get("tokens_per_param"):  # a training regime: tokens per parameter of the model trained
         total_tokens = tokens_per_param_budget(cfg.budget.tokens_per_param, built.model)
     if cfg.budget.get("match_flops_layers"):  # equal-compute control: as many FLOPs as a deeper model's
         total_tokens = flops_matched_tokens(total_tokens, built.model.config, cfg.budget.match_flops_layers,
                                             cfg.data.seq_len)
+    distill = distill_settings(as_dict(cfg.module.get("distill")))
+    if distill and distill["flops_matched"]:  # the teacher's forward passes come out of the same FLOPs
+        total_tokens = teacher_matched_tokens(total_tokens, built.model.config, built.base_config, cfg.data.seq_len)
     return make_budget(total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer_world_size(cfg.trainer),
                        cfg.trainer.get("accumulate_grad_batches", 1), cfg.budget.warmup_fraction,
                        cfg.trainer.get("max_steps"))
@@ -146,17 +151,20 @@ def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built
     and the summary printed at the end."""
     out_dir = Path(cfg.paths.output_dir)
     n_params = module.num_parameters()
-    flops = training_flops(module.model.config, result["tokens"], cfg.data.seq_len)
+    flops, teacher_flops = run_flops(trainer.callbacks, module.model.config, built.plan,
+                                     module.teacher.config if module.teacher is not None else None,
+                                     result["steps"], budget.steps, budget.tokens_per_step, cfg.data.seq_len)
     write_perplexity_report(out_dir, result["val/ppl_before"], result["val/ppl"], {
         "steps": result["steps"], "tokens": result["tokens"], "tokens_per_step": budget.tokens_per_step,
         "plan": built.plan.strategy, "n_params": n_params, "n_trainable": module.num_trainable_parameters(),
-        "train_flops": flops, "fit_wall_s": round(fit_wall_s, 2),
+        "train_flops": flops, "teacher_flops": teacher_flops, "fit_wall_s": round(fit_wall_s, 2),
         "val_curve": [{"step": st, "tokens": st * budget.tokens_per_step, "ppl": ppl} for st, ppl in history.points]})
     if cfg.export_hf and not result["interrupted"] and isinstance(trainer.strategy, FSDPStrategy):
         log.warning("FSDP: the model is sharded; export from the full checkpoint instead: "
                     "python -m kiwi.train.export %s/checkpoints/last.ckpt <out_dir>", out_dir)
     elif cfg.export_hf and not result["interrupted"]:
         hf_dir = Path(cfg.get("export_dir") or out_dir / "hf_model")
+        setattr(module.model.config, TRAINING_KEY, training_definition(cfg))  # checked by reused_export
         result["hf_dir"] = str(export_hf(module.model, built.tokenizer, built.plan, hf_dir, base_model=built.base_path))
     print_outputs(out_dir, result)
 
@@ -190,6 +198,7 @@ def validate_early(cfg: DictConfig) -> None:
     for key in ("model", "data", "trainer", "optimizer"):
         if cfg.get(key) is None:
             raise ConfigError(f"config: missing group '{key}'")
+    distill_settings(as_dict(cfg.module.get("distill")))
     if cfg.module.nonfinite_loss not in ("stop", "skip"):
         raise ConfigError(f"module.nonfinite_loss: expected 'stop' or 'skip', got {cfg.module.nonfinite_loss!r}")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).exists():
@@ -231,11 +240,43 @@ def data_source_name(cfg: DictConfig) -> str:
     return str(src.get("kind") or src.get("_target_") or "data")
 
 
+TRAINING_KEY = "kiwi_training"  # the export's config.json entry holding its training_definition
+
+
+def training_definition(cfg: DictConfig) -> dict:
+    """What an export's weights depend on (model, data, budget, optimizer, schedule, seed), not where its logs
+    go or how often it validated: saved with the export, so that a reused export is known to match."""
+    out = {key: as_dict(cfg.get(key)) for key in ("model", "data", "budget", "optimizer", "scheduler")}
+    out["data"].pop("num_workers", None)
+    out["seed"] = cfg.get("seed")
+    return json.loads(json.dumps(out, default=str))
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if isinstance(d, dict) and d:
+        return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): d}
+
+
 def reused_export(cfg: DictConfig) -> dict | None:
-    """With ``reuse_export``, a model already exported to ``export_dir`` is kept and nothing is trained."""
+    """With ``reuse_export``, a model already exported to ``export_dir`` is kept and nothing is trained, if it
+    was trained from the same definition (``training_definition``); a different one is a ConfigError."""
     export_dir = cfg.get("export_dir")
-    if not (export_dir and cfg.get("reuse_export") and (Path(export_dir) / "config.json").exists()):
+    config_json = Path(export_dir) / "config.json" if export_dir else None
+    if not (config_json and cfg.get("reuse_export") and config_json.exists()):
         return None
+    stored = json.loads(config_json.read_text()).get(TRAINING_KEY)
+    if stored is None:
+        log.warning("%s has no record of how it was trained (exported by an older kiwi): reusing it unchecked",
+                    export_dir)
+    else:
+        old, new = _flat(stored), _flat(training_definition(cfg))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed[:4])
+            raise ConfigError(f"export_dir {export_dir} was trained with a different configuration ({shown}"
+                              f"{'; ...' if len(changed) > 4 else ''}); delete it to train again, or point "
+                              "export_dir elsewhere")
     print(f"kiwi: {export_dir} already exists, reusing it (delete it to train again)")
     return {"val/ppl": None, "hf_dir": str(export_dir), "reused": True}
 

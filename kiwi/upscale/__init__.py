@@ -9,7 +9,14 @@ from kiwi.upscale.plan import LayerPlan
 from kiwi.upscale.plan_files import write_plan_files
 from kiwi.upscale.plots import duplicated_sources, plot_importance, plot_plan
 from kiwi.upscale.strategies import STRATEGIES, check_options, make_plan, strategy_options
-from kiwi.upscale.surgery import PLAN_CONFIG_KEY, apply_trainable, decoder_layers, upscale, upscaled_config
+from kiwi.upscale.surgery import (
+    PLAN_CONFIG_KEY,
+    apply_trainable,
+    decoder_layers,
+    upscale,
+    upscaled_config,
+    zero_residual_branch,
+)
 
 __all__ = [
     "PLAN_CONFIG_KEY",
@@ -30,4 +37,5 @@ __all__ = [
     "upscale",
     "upscaled_config",
     "write_plan_files",
+    "zero_residual_branch",
 ]

@@ -59,7 +59,8 @@ def _copy(src: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(src, memory_format=torch.contiguous_format).copy_(src.detach())
 
 
-def _zero_residual_branch(layer: nn.Module, index: int) -> None:
+def zero_residual_branch(layer: nn.Module, index: int) -> None:
+    """Zero the block's residual contributions (o_proj, down_proj): with them the block is the identity."""
     for path in ("self_attn.o_proj", "mlp.down_proj"):
         try:
             proj = layer.get_submodule(path)
@@ -138,7 +139,7 @@ def upscale(model: nn.Module, plan: LayerPlan, *, consume_source: bool = False) 
         if attn is not None and getattr(attn, "layer_idx", j) != j:
             raise RuntimeError(f"upscale: layer {j} has self_attn.layer_idx={attn.layer_idx}")
         if plan.identity_init[j]:
-            _zero_residual_branch(layer, j)
+            zero_residual_branch(layer, j)
 
     if getattr(model, "generation_config", None) is not None:
         new.generation_config = copy.deepcopy(model.generation_config)

@@ -1,6 +1,7 @@
 """Real, very small studies run once per session through train.py as a user runs it: the v1 pair (tiny_base,
 then a tiny_dus multirun of one identity variant and both controls at two learning rates) and the v2 pair
-(study_cpu_base for a tokens-per-parameter budget, then study_cpu: both levers and both controls x 2 seeds)."""
+(study_cpu_base for a tokens-per-parameter budget, then study_cpu 2 -> 4 layers: every lever and both controls
+x 2 seeds)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def tiny_sweep(kiwi_cache, tiny_base_dir, tmp_path_factory) -> Path:
     return sweep
 
 
-V2_VARIANTS = "control_tokens,control_flops,interleave_id,interleave_id_2phase,interleave_id_lrcopy"
+V2_VARIANTS = ("control_tokens,control_flops,interleave_id,interleave_id_2phase,interleave_id_lrcopy,"
+               "interleave_id_distill,interleave_id_grow2,interleave_id_norewarm")
 V2_SEEDS = "1,2"
 
 
@@ -70,6 +72,6 @@ def v2_base_dir(kiwi_cache, tmp_path_factory) -> Path:
 def v2_sweep(kiwi_cache, v2_base_dir, tmp_path_factory) -> Path:
     sweep = tmp_path_factory.mktemp("study-v2-sweep") / "sweep"
     train(["-m", "experiment=study_cpu", f"study.base_dir={v2_base_dir}", "study.base_tokens_per_param=0.05",
-           "study.n_target=3", *DATA, "budget.total_tokens=512", "trainer.val_check_interval=2",
+           "study.n_target=4", *DATA, "budget.total_tokens=512", "trainer.val_check_interval=2",
            f"seed={V2_SEEDS}", f"+study={V2_VARIANTS}", f"hydra.sweep.dir={sweep}"], kiwi_cache)
     return sweep

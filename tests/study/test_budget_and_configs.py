@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 from transformers import Qwen2Config
 
 from kiwi.cli import CONF_DIR
@@ -22,6 +21,8 @@ VARIANTS = {  # conf/study/<name>.yaml -> (strategy, identity_init, trainable)
     "importance": ("importance", False, "all"), "importance_id": ("importance", True, "all"),
     "control_tokens": ("none", False, "all"), "control_flops": ("none", False, "all"),
     "interleave_id_2phase": ("interleave", True, "all"), "interleave_id_lrcopy": ("interleave", True, "all"),
+    "interleave_id_distill": ("interleave", True, "all"), "interleave_id_grow2": ("interleave", True, "all"),
+    "interleave_id_norewarm": ("interleave", True, "all"),
 }
 
 
@@ -62,10 +63,7 @@ def test_every_study_variant_composes_with_tiny_dus(variant, kiwi_cache):
     assert "variant" not in cfg.study and cfg.logger.wandb.group == "tiny_dus"
     assert cfg.budget.get("match_flops_layers") == (8 if variant == "control_flops" else None)
     # its rows in the study's tables carry the name the user typed, derived in one place
-    two_phase = OmegaConf.select(cfg, "callbacks.two_phase.new_only_fraction")
-    assert variant_label(ls.strategy, bool(ls.identity_init), ls.trainable,
-                         bool(cfg.budget.get("match_flops_layers")), two_phase,
-                         cfg.optimizer.get("copied_lr_scale")) == variant
+    assert variant_label(cfg) == variant
 
 
 def test_every_study_file_is_covered():

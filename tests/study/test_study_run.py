@@ -26,8 +26,26 @@ def test_base_export_is_a_stable_hf_dir_and_reused(tiny_base_dir, kiwi_cache):
 
     assert AutoConfig.from_pretrained(tiny_base_dir).num_hidden_layers == 2
     assert not tiny_base_dir.with_name(tiny_base_dir.name + ".tmp").exists()
-    proc = train(["experiment=tiny_base", f"study.base_dir={tiny_base_dir}", *TINY, *DATA], kiwi_cache)
+    # the same definition (validating more often does not change the weights): reused, nothing trained
+    proc = train(["experiment=tiny_base", f"study.base_dir={tiny_base_dir}", *TINY, *DATA, "budget.total_tokens=1024",
+                  "trainer.val_check_interval=2"], kiwi_cache)
     assert "already exists, reusing it" in proc.stdout
+
+
+@pytest.mark.parametrize("change", ["model.tiny.hidden_size=16", "budget.total_tokens=2048", "optimizer.lr=1e-2"])
+def test_a_stale_base_export_is_refused_not_reused(tiny_base_dir, kiwi_cache, change):
+    """A base exported from another definition (sizes, budget, lr) is an error naming what differs, not
+    silently continued by every study job."""
+    from .conftest import DATA, TINY
+
+    args = ["experiment=tiny_base", f"study.base_dir={tiny_base_dir}", *TINY, *DATA, "budget.total_tokens=1024",
+            change]
+    env = {**os.environ, "KIWI_CACHE": str(kiwi_cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "reusing it" not in proc.stdout
+    key = change.split("=")[0]
+    assert f"kiwi: error: export_dir {tiny_base_dir} was trained with a different configuration ({key}:" in proc.stderr
 
 
 def test_gathered_table_deltas_and_identity_start(tiny_sweep, tmp_path):

@@ -1,4 +1,4 @@
-"""The v2 study end to end on a tiny real sweep (study_cpu_base, then study_cpu with both levers and both
+"""The v2 study end to end on a tiny real sweep (study_cpu_base, then study_cpu with every lever and both
 controls x 2 seeds, through train.py): seed pairing, the FLOPs of each lever, and the gather's report."""
 
 from __future__ import annotations
@@ -42,14 +42,37 @@ def test_same_seed_same_data_order_for_controls_and_variants(v2_sweep, v2_base_d
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))  # another seed, another order
 
 
-def test_flops_of_each_lever_and_of_the_controls(v2_sweep):
+def test_flops_of_each_lever_and_of_the_controls(v2_sweep, v2_base_dir):
+    from transformers import AutoConfig
+
+    from kiwi.train.budget import forward_flops, training_flops
+
     jobs = _by(v2_sweep)
+    base = AutoConfig.from_pretrained(v2_base_dir)
     for seed in (1, 2):
         plain = jobs[("interleave_id", seed)]
-        for lever in ("interleave_id_2phase", "interleave_id_lrcopy"):
-            # the levers change which weights move and how fast, not the work: same tokens, same FLOPs
+        assert plain.teacher_flops == 0
+        for lever in ("interleave_id_2phase", "interleave_id_lrcopy", "interleave_id_norewarm"):
+            # these change which weights move and how fast, not the work: same tokens, same FLOPs
             assert jobs[(lever, seed)].tokens == plain.tokens == 512
             assert jobs[(lever, seed)].train_flops == plain.train_flops
+        # distillation: the base's forward on every token is counted, and (flops_matched) it trains on fewer
+        # tokens so that the total is the plain variant's, to within one step of tokens
+        distill = jobs[("interleave_id_distill", seed)]
+        assert distill.teacher_flops > 0
+        assert distill.teacher_flops == pytest.approx(forward_flops(base, distill.tokens, 64))
+        assert distill.tokens <= plain.tokens  # fewer tokens, rounded up to whole steps
+        step_flops = plain.train_flops / plain.steps
+        assert abs(distill.train_flops - plain.train_flops) <= step_flops
+        assert distill.train_flops - distill.teacher_flops == pytest.approx(
+            plain.train_flops * distill.tokens / plain.tokens)
+        # grown in two steps: 3 layers for the first half of the steps, 4 after
+        grow = jobs[("interleave_id_grow2", seed)]
+        three = AutoConfig.from_pretrained(v2_base_dir, num_hidden_layers=3)
+        four = AutoConfig.from_pretrained(v2_base_dir, num_hidden_layers=4)
+        half = grow.tokens // 2
+        assert grow.train_flops == pytest.approx(training_flops(three, half, 64) + training_flops(four, half, 64))
+        assert grow.train_flops < plain.train_flops and grow.tokens == plain.tokens
         ctrl_t, ctrl_f = jobs[("control_tokens", seed)], jobs[("control_flops", seed)]
         assert ctrl_t.tokens == 512 and ctrl_t.train_flops < plain.train_flops
         assert ctrl_f.train_flops >= plain.train_flops > ctrl_f.train_flops * ctrl_t.tokens / ctrl_f.tokens
@@ -64,7 +87,7 @@ def test_copied_lr_reaches_the_optimizer(v2_sweep):
 
 def test_gather_two_seeds_report(v2_sweep, tmp_path):
     g = gather([v2_sweep], tmp_path / "study")
-    assert not g.incomplete and len(g.jobs) == 10
+    assert not g.incomplete and len(g.jobs) == 16
     (regime,) = g.bases
     assert regime == "0.05 tokens/param"
     base = g.bases[regime]
@@ -72,7 +95,8 @@ def test_gather_two_seeds_report(v2_sweep, tmp_path):
     assert base.tokens_per_param >= 0.05 and base.last_doubling is not None
     rows = {r["variant"]: r for r in g.summary}
     assert set(rows) == {"control_tokens", "control_flops", "interleave_id", "interleave_id_2phase",
-                         "interleave_id_lrcopy"}
+                         "interleave_id_lrcopy", "interleave_id_distill", "interleave_id_grow2",
+                         "interleave_id_norewarm"}
     jobs = _by(v2_sweep)
     for variant, row in rows.items():
         assert row["seeds"] == 2

@@ -1,0 +1,62 @@
+"""kiwi.study.run's driver: the commands it plans (one base, then one multirun per seed, per regime) and its
+scheduler, on real processes: dependencies respected, two at once, a failure named with its log."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from kiwi.study.run import Task, main, run_tasks, study_tasks
+
+
+def _stamp(path, name: str, sleep: float = 0.0, rc: int = 0) -> list[str]:
+    code = (f"import time, pathlib; p = pathlib.Path({str(path)!r}); "
+            f"p.open('a').write('start {name} %f\\n' % time.time()); time.sleep({sleep}); "
+            f"p.open('a').write('end {name} %f\\n' % time.time()); raise SystemExit({rc})")
+    return [sys.executable, "-c", code]
+
+
+def _events(path) -> dict[str, float]:
+    return {f"{kind} {name}": float(t) for kind, name, t in (line.split() for line in path.read_text().splitlines())}
+
+
+def test_tasks_wait_for_their_base_and_run_two_at_once(tmp_path):
+    stamps = tmp_path / "stamps"
+    tasks = [Task("base-long", _stamp(stamps, "base-long", 1.0)),
+             Task("long-1", _stamp(stamps, "long-1"), after="base-long"),
+             Task("base-short", _stamp(stamps, "base-short", 0.2)),
+             Task("short-1", _stamp(stamps, "short-1", 0.2), after="base-short")]
+    walls = run_tasks(tasks, workers=2, log_dir=tmp_path / "logs")
+    ev = _events(stamps)
+    assert set(walls) == {t.name for t in tasks} and all(w >= 0 for w in walls.values())
+    assert ev["start long-1"] >= ev["end base-long"] and ev["start short-1"] >= ev["end base-short"]
+    assert ev["start base-short"] < ev["end base-long"]  # the other worker did not wait for the long base
+    assert ev["end short-1"] < ev["end base-long"]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(f"{t.name}.log" for t in tasks)
+
+
+def test_a_failed_task_stops_its_dependents_and_is_named(tmp_path):
+    stamps = tmp_path / "stamps"
+    tasks = [Task("base", _stamp(stamps, "base", rc=3)), Task("seed1", _stamp(stamps, "seed1"), after="base")]
+    start = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"base failed \(exit 3\); see .*base\.log"):
+        run_tasks(tasks, workers=2, log_dir=tmp_path / "logs")
+    assert time.perf_counter() - start < 30
+    assert "start seed1" not in stamps.read_text()
+
+
+def test_the_plan_is_one_base_then_one_multirun_per_seed_most_trained_first(capsys):
+    tasks, sweeps = study_tasks("study_cpu", ["2", "512"], 3, "control_tokens,interleave_id", [], ["x=1"])
+    assert [t.name for t in tasks] == ["base-tpp512", "tpp512-seed1", "tpp512-seed2", "tpp512-seed3",
+                                       "base-tpp2", "tpp2-seed1", "tpp2-seed2", "tpp2-seed3"]
+    assert all(t.after == f"base-tpp{t.name[3:].split('-')[0]}" for t in tasks if "seed" in t.name)
+    seed2 = tasks[2].cmd
+    assert "seed=2" in seed2 and "+study=control_tokens,interleave_id" in seed2 and "x=1" in seed2
+    assert "hydra.sweep.dir=logs/study_cpu/tpp512/seed2" in seed2 and sweeps[1] == "logs/study_cpu/tpp512/seed2"
+    main(["--dry-run", "--regimes", "4,8", "--seeds", "2", "--corpus", "docstrings"])
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 * 3 + 1 and printed[-1].startswith(f"$ {sys.executable} -m kiwi.study.gather")
+    with pytest.raises(SystemExit, match="at least 2 seeds"):
+        main(["--dry-run", "--seeds", "1"])
