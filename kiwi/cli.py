@@ -88,15 +88,18 @@ def lever_suffix(cfg: Mapping) -> str:
     """The continued-pretraining levers (kiwi.train.levers) a resolved config turns on, as the suffix of its
     setting's name (conf/study/interleave_id_<lever>.yaml); a value is appended when it is not the study
     file's: `_2phase` (new layers alone first), `_lrcopy` (copied layers at a lower lr), `_distill`
-    (KL to the base), `_grow<k>` (grown in k steps), `_norewarm` (constant lr, no warmup)."""
+    (KL to the base; `T<t>` for another temperature, `_unmatched` without flops_matched), `_grow<k>` (grown
+    in k steps), `_norewarm` (constant lr, no warmup)."""
     out = ""
     if (fraction := _pick(cfg, "callbacks.two_phase.new_only_fraction")) is not None:
         out += "_2phase" + ("" if float(fraction) == 0.5 else f"{float(fraction):g}")
     if (scale := _pick(cfg, "optimizer.copied_lr_scale")) is not None:
         out += "_lrcopy" + ("" if float(scale) == 0.1 else f"{float(scale):g}")
-    if distill := _pick(cfg, "module.distill"):
-        alpha = float(distill.get("alpha") or 0.5)
-        out += "_distill" + ("" if alpha == 0.5 else f"{alpha:g}")
+    if (distill := _pick(cfg, "module.distill")) not in (None, False):
+        distill = distill if isinstance(distill, Mapping) else {}
+        alpha, temperature = float(distill.get("alpha") or 0.5), float(distill.get("temperature") or 1.0)
+        out += "_distill" + ("" if alpha == 0.5 else f"{alpha:g}") + ("" if temperature == 1 else f"T{temperature:g}")
+        out += "" if distill.get("flops_matched", True) else "_unmatched"
     if (stages := _pick(cfg, "callbacks.grow_in_steps.stages")) is not None:
         out += f"_grow{int(stages)}"
     if (str(_pick(cfg, "scheduler._target_") or "").endswith(".warmup_constant")

@@ -28,6 +28,9 @@ from kiwi.upscale.importance import measure_layers
 
 log = logging.getLogger(__name__)
 
+# The config.json entry of an export that records how it was trained (kiwi.train.run.training_definition).
+TRAINING_KEY = "kiwi_training"
+
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -151,6 +154,8 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
     log.info("Layer plan (%s, %d -> %d layers):\n%s", plan.strategy, plan.n_source, plan.n_target, plan.table())
     upscaled = upscale(model, plan, consume_source=True)  # the base is discarded: move, don't copy
     upscaled.config.kiwi_base_model = base  # provenance, saved with checkpoints and exports
+    if hasattr(upscaled.config, TRAINING_KEY):  # the base's own record, not this model's (kiwi.train.run)
+        delattr(upscaled.config, TRAINING_KEY)
     del model
     apply_trainable(upscaled, plan)
     upscaled.train()  # from_pretrained returns eval mode; training starts from here (eval callers set .eval())

@@ -57,7 +57,8 @@ def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
         values = []
         for (reg, variant, lr), members in by.items():
             control = variant in (CONTROL_TOKENS, CONTROL_FLOPS)
-            shown = part == "all" or control or (is_lever(variant) or variant == "interleave_id") == (part == "levers")
+            # the levers' reference (interleave_id) is in both panels
+            shown = part == "all" or control or variant == "interleave_id" or is_lever(variant) == (part == "levers")
             if reg != regime or not shown:
                 continue
             curve = mean_curve(members)

@@ -72,6 +72,10 @@ def run_tasks(tasks: list[Task], workers: int, log_dir: Path, dry: bool = False)
     """Run ``tasks`` on ``workers`` processes at once, each with cpus / workers torch threads, in list order
     as their dependencies allow; each writes its output to ``log_dir/<name>.log``. Returns the wall seconds
     per task; the first failure stops new tasks from starting and raises SystemExit naming its log."""
+    names = [t.name for t in tasks]
+    unknown = [f"{t.name} (after {t.after!r})" for t in tasks if t.after is not None and t.after not in names]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"study tasks: unknown dependencies {unknown} or repeated names in {names}")
     for t in tasks:
         print("$", " ".join(t.cmd), flush=True)
     if dry:
@@ -99,8 +103,11 @@ def run_tasks(tasks: list[Task], workers: int, log_dir: Path, dry: bool = False)
             log_path = log_dir / f"{task.name}.log"
             print(f"kiwi.study.run: start {task.name} (log: {log_path})", flush=True)
             start = time.perf_counter()
-            with log_path.open("w") as out:
-                rc = subprocess.run(task.cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+            try:
+                with log_path.open("w") as out:
+                    rc = subprocess.run(task.cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+            except OSError as err:  # the command could not start (or its log be written): a failure, not a hang
+                rc = f"{type(err).__name__}: {err}"
             with cond:
                 walls[task.name] = round(time.perf_counter() - start, 1)
                 (failed.append((task, rc, log_path)) if rc else done.add(task.name))
@@ -114,7 +121,8 @@ def run_tasks(tasks: list[Task], workers: int, log_dir: Path, dry: bool = False)
         th.join()
     if failed:
         task, rc, log_path = failed[0]
-        raise SystemExit(f"kiwi.study.run: {task.name} failed (exit {rc}); see {log_path}")
+        why = f"exit {rc}" if isinstance(rc, int) else rc
+        raise SystemExit(f"kiwi.study.run: {task.name} failed ({why}); see {log_path}")
     return walls
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kiwi import tables
+from kiwi.cli import is_lever
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
 from kiwi.study.stats import PairedDiff, paired_diff, summarize
 
@@ -37,14 +38,14 @@ def delta_pct(value: float | None, reference: float | None) -> float | None:
     return 100.0 * (value - reference) / reference
 
 
-def control_lr(jobs: Sequence[StudyJob], regime: str, control: str, lr: float) -> float | None:
-    """The lr of the ``control`` a variant at ``lr`` is paired with: the same lr when the control was run at
-    it (an lr sweep), else the control's only lr in the regime (a lever whose lr is part of it, such as
-    no re-warming, against the study's controls); None when there is no such control."""
+def control_lr(jobs: Sequence[StudyJob], regime: str, control: str, variant: str, lr: float) -> float | None:
+    """The lr of the ``control`` that ``variant`` at ``lr`` is paired with: the same lr when the control ran
+    at it; for a lever whose lr is part of it (no re-warming) the control's only lr in the regime; else None
+    (an lr sweep without that control at this lr has no pair)."""
     lrs = {j.lr for j in jobs if j.regime == regime and j.variant == control}
     if lr in lrs:
         return lr
-    return next(iter(lrs)) if len(lrs) == 1 else None
+    return next(iter(lrs)) if len(lrs) == 1 and is_lever(variant) else None
 
 
 def all_rows(jobs: Sequence[StudyJob]) -> list[dict]:
@@ -54,7 +55,7 @@ def all_rows(jobs: Sequence[StudyJob]) -> list[dict]:
     bases = {j.regime: j.ppl_step0 for j in jobs if j.is_control and j.ppl_step0 is not None}
     rows = []
     for job in sorted(jobs, key=variant_order):
-        ctrl = {c: controls.get((job.regime, c, control_lr(jobs, job.regime, c, job.lr), job.seed))
+        ctrl = {c: controls.get((job.regime, c, control_lr(jobs, job.regime, c, job.variant, job.lr), job.seed))
                 for c in (CONTROL_TOKENS, CONTROL_FLOPS)}
         base = bases.get(job.regime)
         rows.append({
@@ -74,7 +75,12 @@ def groups(jobs: Sequence[StudyJob]) -> dict[tuple, list[StudyJob]]:
     """(regime, variant, lr) -> its jobs (one per seed), in report order."""
     out: dict[tuple, list[StudyJob]] = {}
     for job in sorted(jobs, key=variant_order):
-        out.setdefault((job.regime, job.variant, job.lr), []).append(job)
+        members = out.setdefault((job.regime, job.variant, job.lr), [])
+        twin = next((j for j in members if j.seed == job.seed), None)
+        if twin is not None:  # e.g. two settings the names do not tell apart: never average them silently
+            raise ValueError(f"two jobs for {job.variant} (lr {job.lr:g}, seed {job.seed}) in regime {job.regime}: "
+                             f"{twin.path} and {job.path}; gather them separately or give them distinct settings")
+        members.append(job)
     return out
 
 
@@ -98,7 +104,7 @@ def summary_rows(jobs: Sequence[StudyJob]) -> list[dict]:
         s = summarize(list(ends.values()))
         diffs = {}
         for ctrl in (CONTROL_TOKENS, CONTROL_FLOPS):
-            ref = by.get((regime, ctrl, control_lr(finite, regime, ctrl, lr)))
+            ref = by.get((regime, ctrl, control_lr(jobs, regime, ctrl, variant, lr)))  # n/a if it diverged
             diffs[ctrl] = None if ref is None or ctrl == variant else paired_diff(ends, {j.seed: j.ppl_end
                                                                                         for j in ref})
         rows.append({

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 import torch
 from lightning import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from kiwi.errors import ConfigError
 from kiwi.train.budget import forward_flops, training_flops
@@ -79,17 +80,30 @@ class TwoPhase(Callback):
                 p.grad = None
 
 
-def distill_settings(distill: Mapping | None) -> dict | None:
-    """``module.distill`` checked and completed: None (off) or {alpha, temperature, flops_matched}.
-    The loss is (1 - alpha) x cross-entropy + alpha x temperature² x KL(base || model)."""
-    if not distill:
+def distill_settings(distill) -> dict | None:
+    """``module.distill`` checked and completed: None (off: null or false) or {alpha, temperature,
+    flops_matched} (true or {} = the defaults). The loss is (1 - alpha) x cross-entropy + alpha x
+    temperature² x KL(base || model)."""
+    if distill is None or distill is False:
         return None
+    if distill is True:
+        distill = {}
+    if isinstance(distill, DictConfig):
+        distill = OmegaConf.to_container(distill, resolve=True)
+    if not isinstance(distill, Mapping):
+        raise ConfigError(f"module.distill: expected null, true or a mapping of {sorted(DISTILL_OPTIONS)}, "
+                          f"got {distill!r}")
     unknown = sorted(set(distill) - set(DISTILL_OPTIONS))
     if unknown:
         raise ConfigError(f"module.distill: unknown option(s) {unknown}; expected {sorted(DISTILL_OPTIONS)}")
     out = {**DISTILL_OPTIONS, **{k: v for k, v in distill.items() if v is not None}}
-    out["alpha"], out["temperature"], out["flops_matched"] = (float(out["alpha"]), float(out["temperature"]),
-                                                              bool(out["flops_matched"]))
+    for key in ("alpha", "temperature"):
+        try:
+            out[key] = float(out[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"module.distill.{key}: expected a number, got {out[key]!r}") from None
+    if not isinstance(out["flops_matched"], bool):
+        raise ConfigError(f"module.distill.flops_matched: expected true or false, got {out['flops_matched']!r}")
     if not 0 < out["alpha"] <= 1:
         raise ConfigError(f"module.distill.alpha: expected a value in (0, 1], got {out['alpha']}")
     if not out["temperature"] > 0:
@@ -113,7 +127,7 @@ class GrowInSteps(Callback):
         if int(stages) < 2:
             raise ValueError(f"grow_in_steps.stages: expected 2 or more (1 is growing once), got {stages}")
         self.stages = int(stages)
-        self.grown: set[int] = set()  # stages whose layers have joined (checkpointed)
+        self.joined_at: dict[int, int] = {}  # stage -> the optimizer step its layers joined (checkpointed)
 
     def groups(self, plan: LayerPlan) -> list[list[int]]:
         new = sorted(plan.new_layers)
@@ -128,15 +142,18 @@ class GrowInSteps(Callback):
         return int(round(stage * max_steps / self.stages))
 
     def state_dict(self) -> dict:
-        return {"grown": sorted(self.grown)}
+        return {"joined_at": {str(k): v for k, v in self.joined_at.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.grown = {int(k) for k in state_dict.get("grown", [])}
+        self.joined_at = {int(k): int(v) for k, v in state_dict.get("joined_at", {}).items()}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.world_size > 1:
             raise ConfigError("grow_in_steps runs in one process only: under DDP the layers that have not "
                               "joined yet would be unused parameters")
+        if not trainer.max_steps or trainer.max_steps < 1:
+            raise ConfigError(f"grow_in_steps needs trainer.max_steps >= 1 to place its stages, "
+                              f"got {trainer.max_steps}")
         self._sync(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -148,9 +165,10 @@ class GrowInSteps(Callback):
     def _sync(self, trainer, pl_module) -> None:
         plan, layers = pl_module.plan, decoder_layers(pl_module.model)
         for k, group in enumerate(self.groups(plan)):
-            joined = self.start_step(k, trainer.max_steps) <= trainer.global_step
+            # once joined, always joined (a resume with another max_steps does not drop a trained layer)
+            joined = k in self.joined_at or self.start_step(k, trainer.max_steps) <= trainer.global_step
             for j in group:
-                if joined and k not in self.grown and k > 0:
+                if joined and k not in self.joined_at and k > 0:
                     layers[j].load_state_dict(layers[plan.sources.index(plan.sources[j])].state_dict())
                     if plan.identity_init[j]:
                         zero_residual_branch(layers[j], j)
@@ -158,17 +176,18 @@ class GrowInSteps(Callback):
                     layers[j].__dict__.pop("forward", None)
                 else:
                     layers[j].forward = types.MethodType(_pass_through, layers[j])
-            if joined:
-                self.grown.add(k)
+            if joined and k not in self.joined_at:
+                self.joined_at[k] = trainer.global_step
 
     def training_flops(self, config, plan: LayerPlan, steps: int, max_steps: int, tokens_per_step: int,
                        seq_len: int) -> float:
-        """Training FLOPs of ``steps`` steps, each stage at the depth it had (layers not joined cost nothing)."""
+        """Training FLOPs of ``steps`` steps, each stage at the depth it had (layers not joined cost nothing):
+        stages start at the step they joined, or, not joined yet, at their planned step."""
         groups = self.groups(plan)
+        starts = [self.joined_at.get(k, self.start_step(k, max_steps)) for k in range(self.stages)] + [steps]
         total = 0.0
         for k in range(self.stages):
-            end = self.start_step(k + 1, max_steps) if k + 1 < self.stages else max_steps
-            n = max(0, min(steps, end) - min(steps, self.start_step(k, max_steps)))
+            n = max(0, min(steps, starts[k + 1]) - min(steps, starts[k]))
             depth = copy.deepcopy(config)
             depth.num_hidden_layers = plan.n_target - sum(len(g) for g in groups[k + 1:])
             total += training_flops(depth, n * tokens_per_step, seq_len)

@@ -59,7 +59,7 @@ class KiwiLM(L.LightningModule):
         self.hparams["plan"] = built.plan.to_dict()
         # The distillation teacher is the base itself, frozen; held in a tuple so that it is not a submodule
         # (not in state_dict, the optimizer or the parameter counts).
-        self._teacher = (self._load_teacher(built.base_path, model_cfg),) if self.distill else ()
+        self._teacher = (self._load_teacher(built.base_path, model_cfg, device),) if self.distill else ()
         self.skipped_steps = 0
         self._step_nll: torch.Tensor | None = None  # this rank's NLL sum over the step's micro-batches
         self._step_tokens: torch.Tensor | None = None  # label tokens of the step over all ranks
@@ -70,12 +70,13 @@ class KiwiLM(L.LightningModule):
         return self._teacher[0] if self._teacher else None
 
     @staticmethod
-    def _load_teacher(base_path: str, model_cfg: Mapping):
+    def _load_teacher(base_path: str, model_cfg: Mapping, device: str = "cpu"):
+        """The base, frozen, with the student's dtype and the attention kernel chosen for ``device``."""
         from kiwi.model.io import load_model  # model I/O is needed only when distilling
 
         mcfg = as_dict(model_cfg)
         teacher = load_model(base_path, dtype=mcfg.get("dtype", "float32"),
-                             attn_implementation=mcfg.get("attn_implementation", "auto"))[0]
+                             attn_implementation=mcfg.get("attn_implementation", "auto"), device=device)[0]
         return teacher.eval().requires_grad_(False)
 
     def on_fit_start(self) -> None:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kiwi.cli import instantiate_group, task_wrapper, validate_trainer
 from kiwi.errors import ConfigError
-from kiwi.model.build import BuiltModel, as_dict, build_model
+from kiwi.model.build import TRAINING_KEY, BuiltModel, as_dict, build_model
 from kiwi.model.io import export_hf
 from kiwi.train.budget import Budget, flops_matched_tokens, make_budget, teacher_matched_tokens, tokens_per_param_budget
 from kiwi.train.callbacks import CheckpointOnSignal, EmptyEpochGuard, RunInterrupted
@@ -112,7 +112,7 @@ def training_budget(cfg: DictConfig, built: BuiltModel) -> Budget:
     if cfg.budget.get("match_flops_layers"):  # equal-compute control: as many FLOPs as a deeper model's
         total_tokens = flops_matched_tokens(total_tokens, built.model.config, cfg.budget.match_flops_layers,
                                             cfg.data.seq_len)
-    distill = distill_settings(as_dict(cfg.module.get("distill")))
+    distill = distill_settings(cfg.module.get("distill"))
     if distill and distill["flops_matched"]:  # the teacher's forward passes come out of the same FLOPs
         total_tokens = teacher_matched_tokens(total_tokens, built.model.config, built.base_config, cfg.data.seq_len)
     return make_budget(total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer_world_size(cfg.trainer),
@@ -198,7 +198,7 @@ def validate_early(cfg: DictConfig) -> None:
     for key in ("model", "data", "trainer", "optimizer"):
         if cfg.get(key) is None:
             raise ConfigError(f"config: missing group '{key}'")
-    distill_settings(as_dict(cfg.module.get("distill")))
+    distill_settings(cfg.module.get("distill"))
     if cfg.module.nonfinite_loss not in ("stop", "skip"):
         raise ConfigError(f"module.nonfinite_loss: expected 'stop' or 'skip', got {cfg.module.nonfinite_loss!r}")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).exists():
@@ -240,14 +240,27 @@ def data_source_name(cfg: DictConfig) -> str:
     return str(src.get("kind") or src.get("_target_") or "data")
 
 
-TRAINING_KEY = "kiwi_training"  # the export's config.json entry holding its training_definition
+# What changes how fast a run goes but not the weights it ends with: left out of training_definition.
+SPEED_ONLY = {"model": ("compile", "activation_checkpointing", "checkpoint_every", "attn_implementation"),
+              "data": ("num_workers", "tokenize_batch", "val_batch_size", "val_tokens", "val_seq_len"),
+              "budget": ("tokens_per_s_estimate",), "module": ("_target_", "_partial_", "cache_dir", "loss_chunk",
+                                                             "loss_impl")}
+TRAINER_KEYS = ("max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision", "devices", "num_nodes")
 
 
 def training_definition(cfg: DictConfig) -> dict:
-    """What an export's weights depend on (model, data, budget, optimizer, schedule, seed), not where its logs
-    go or how often it validated: saved with the export, so that a reused export is known to match."""
-    out = {key: as_dict(cfg.get(key)) for key in ("model", "data", "budget", "optimizer", "scheduler")}
-    out["data"].pop("num_workers", None)
+    """What an export's weights depend on: model, data, budget, optimizer, schedule, seed, the trainer values
+    that change the steps or the arithmetic, the module's loss options and the levers' callbacks; not speed
+    settings (``SPEED_ONLY``), logging or validation. Saved with the export, so that a reused one is known
+    to match."""
+    out = {key: as_dict(cfg.get(key)) for key in ("model", "data", "budget", "optimizer", "scheduler", "module")}
+    for key, dropped in SPEED_ONLY.items():
+        for name in dropped:
+            out[key].pop(name, None)
+    out["trainer"] = {k: cfg.trainer.get(k) for k in TRAINER_KEYS}  # key by key: others need the Hydra runtime
+    callbacks = cfg.get("callbacks") or {}
+    out["levers"] = {name: as_dict(callbacks[name]) for name in callbacks
+                     if str((callbacks[name] or {}).get("_target_", "")).startswith("kiwi.train.levers.")}
     out["seed"] = cfg.get("seed")
     return json.loads(json.dumps(out, default=str))
 

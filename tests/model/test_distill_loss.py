@@ -60,3 +60,31 @@ def test_bad_temperature_is_refused():
     with pytest.raises(ValueError, match="temperature"):
         distill_kl_sum(torch.zeros(1, 2), torch.zeros(3, 2), torch.zeros(1, 2), torch.zeros(3, 2),
                        torch.zeros(1, dtype=torch.long), temperature=0.0)
+
+
+def _base_dir(tmp_path):
+    from tests.helpers import tiny_tokenizer
+
+    base = tmp_path / "base"
+    tiny_qwen2(num_hidden_layers=2).save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    return str(base)
+
+
+def test_the_teacher_is_frozen_and_takes_the_students_attention_setting(tmp_path):
+    from kiwi.train.module import KiwiLM
+
+    teacher = KiwiLM._load_teacher(_base_dir(tmp_path), {"attn_implementation": "eager"}, "cpu")
+    assert teacher.config._attn_implementation == "eager" and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_teacher_gets_the_cuda_attention_kernel_of_its_device(tmp_path):
+    """On CUDA the student runs flex_attention (document masks without a dense T x T mask); so must the
+    teacher, whose kernel is resolved for the module's device, not for CPU."""
+    from kiwi.train.module import KiwiLM
+
+    teacher = KiwiLM._load_teacher(_base_dir(tmp_path), {"attn_implementation": "auto"}, "cuda")
+    assert teacher.config._attn_implementation == "flex_attention"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from kiwi.study.gather import gather
 from kiwi.study.jobs import load_jobs, variant_label
@@ -15,13 +16,16 @@ from kiwi.study.table import summary_rows
 
 
 def _job(root: Path, num: int, strategy: str, identity: bool, lr: float, before: float, after: float,
-         tokens: int = 4096, trainable: str = "all", match_flops: int | None = None, seed: int = 1) -> None:
+         tokens: int = 4096, trainable: str = "all", match_flops: int | None = None, seed: int = 1,
+         norewarm: bool = False) -> None:
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
     cfg = {"seed": seed, "optimizer": {"lr": lr},
            "model": {"layer_selection": {"strategy": strategy, "identity_init": identity, "trainable": trainable}},
            "budget": {"total_tokens": tokens, "match_flops_layers": match_flops},
            "logger": {"wandb": {"group": "g", "project": "p"}}}
+    if norewarm:  # the no-re-warming lever: a constant lr without warmup
+        cfg["scheduler"], cfg["budget"]["warmup_fraction"] = {"_target_": "kiwi.train.schedule.warmup_constant"}, 0.0
     (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     curve = [{"step": 0, "tokens": 0, "ppl": before}, {"step": tokens // 1024, "tokens": tokens, "ppl": after}]
     (d / "perplexity_report.json").write_text(json.dumps({
@@ -42,14 +46,22 @@ def sweep(tmp_path) -> Path:
     return root
 
 
+def _label(strategy: str, identity: bool, trainable: str, match_flops: bool, **extra) -> str:
+    cfg = {"model": {"layer_selection": {"strategy": strategy, "identity_init": identity, "trainable": trainable}},
+           "budget": {"match_flops_layers": 8 if match_flops else None}, **extra}
+    return variant_label(OmegaConf.create(cfg))
+
+
 def test_variant_labels_come_from_the_resolved_settings():
-    assert variant_label("solar", True, "all", False) == "solar_id"
-    assert variant_label("llama_pro", True, "new", False) == "llama_pro"
-    assert variant_label("llama_pro", True, "all", False) == "llama_pro_all"
-    assert variant_label("llama_pro", False, "all", False) == "llama_pro_noid"
-    assert variant_label("solar", True, "new", False) == "solar_id_new"
-    assert variant_label("none", False, "all", False) == "control_tokens"
-    assert variant_label("none", False, "all", True) == "control_flops"
+    assert _label("solar", True, "all", False) == "solar_id"
+    assert _label("llama_pro", True, "new", False) == "llama_pro"
+    assert _label("llama_pro", True, "all", False) == "llama_pro_all"
+    assert _label("llama_pro", False, "all", False) == "llama_pro_noid"
+    assert _label("solar", True, "new", False) == "solar_id_new"
+    assert _label("none", False, "all", False) == "control_tokens"
+    assert _label("none", False, "all", True) == "control_flops"
+    assert _label("interleave", True, "all", False, module={"distill": {"alpha": 0.5}}) == "interleave_id_distill"
+    assert _label("none", False, "all", False, module={"distill": {"alpha": 0.5}}) == "control_tokens"
 
 
 def test_rows_deltas_and_files(sweep, tmp_path):
@@ -133,3 +145,34 @@ def test_csv_curve_for_reports_without_val_curve(tmp_path):
     job = load_job(job_dir)
     assert [t for t, _ in job.curve] == [0, 2048, 4096]
     assert job.curve[1][1] == pytest.approx(90.0) and job.curve[-1][1] == 80.0
+
+
+def test_a_lever_at_its_own_lr_pairs_with_the_controls_only_lr(tmp_path):
+    """No re-warming runs at the base's final lr: it is paired with the study's controls (one lr)."""
+    root = tmp_path / "sweep"
+    for seed, (ctrl, lever) in enumerate(((92.0, 90.0), (94.0, 93.0)), start=1):
+        _job(root, 2 * seed, "none", False, 3e-3, 100.0, ctrl, seed=seed)
+        _job(root, 2 * seed + 1, "interleave", True, 1e-3, 100.0, lever, seed=seed, norewarm=True)
+        _job(root, 2 * seed + 10, "interleave", True, 1e-3, 100.0, lever, seed=seed)  # an lr sweep point
+    rows = {r["variant"]: r for r in summary_rows(load_jobs(root)[0])}
+    want = (100 * (90 / 92 - 1) + 100 * (93 / 94 - 1)) / 2
+    assert rows["interleave_id_norewarm"]["vs_tokens_mean"] == pytest.approx(want)
+    assert rows["interleave_id"]["vs_tokens_ctrl"] == "n/a"  # a plain variant at another lr has no pair
+
+
+def test_a_diverged_control_at_the_variants_lr_is_not_replaced_by_another_lr(tmp_path):
+    root = tmp_path / "sweep"
+    for seed in (1, 2):
+        _job(root, 10 * seed, "none", False, 1e-3, 100.0, 92.0 + seed, seed=seed)
+        _job(root, 10 * seed + 1, "none", False, 1e-2, 100.0, float("inf"), seed=seed)
+        _job(root, 10 * seed + 2, "interleave", True, 1e-2, 100.0, 80.0 + seed, seed=seed)
+    rows = {(r["variant"], r["lr"]): r for r in summary_rows(load_jobs(root)[0])}
+    assert rows[("interleave_id", 1e-2)]["vs_tokens_ctrl"] == "n/a"  # not "-13% *" against the 1e-3 control
+
+
+def test_two_jobs_of_one_setting_and_seed_are_an_error_not_an_average(tmp_path):
+    root = tmp_path / "sweep"
+    _job(root, 0, "interleave", True, 1e-3, 100.0, 90.0)
+    _job(root, 1, "interleave", True, 1e-3, 100.0, 80.0)
+    with pytest.raises(ValueError, match="two jobs for interleave_id .*seed 1"):
+        summary_rows(load_jobs(root)[0])

@@ -101,6 +101,10 @@ def test_variant_names_carry_the_levers():
                          "optimizer": {"copied_lr_scale": 0.3}}) == "_2phase0.25_lrcopy0.3"
     assert lever_suffix({"module": {"distill": {"alpha": 0.5}}}) == "_distill"
     assert lever_suffix({"module": {"distill": {"alpha": 0.2}}}) == "_distill0.2"
+    assert lever_suffix({"module": {"distill": {"alpha": 0.5, "temperature": 4.0}}}) == "_distillT4"
+    assert lever_suffix({"module": {"distill": {"flops_matched": False}}}) == "_distill_unmatched"
+    assert lever_suffix({"module": {"distill": True}}) == "_distill"
+    assert lever_suffix({"module": {"distill": None}}) == ""
     assert lever_suffix({"callbacks": {"grow_in_steps": {"stages": 3}}}) == "_grow3"
     constant = {"scheduler": {"_target_": "kiwi.train.schedule.warmup_constant"}}
     assert lever_suffix({**constant, "budget": {"warmup_fraction": 0.0}}) == "_norewarm"
@@ -108,10 +112,14 @@ def test_variant_names_carry_the_levers():
 
 
 def test_distill_settings_are_checked():
-    assert distill_settings(None) is None and distill_settings({}) is None
-    assert distill_settings({"alpha": 0.3}) == {"alpha": 0.3, "temperature": 1.0, "flops_matched": True}
+    defaults = {"alpha": 0.5, "temperature": 1.0, "flops_matched": True}
+    assert distill_settings(None) is None and distill_settings(False) is None
+    assert distill_settings(True) == distill_settings({}) == defaults  # on, with the defaults
+    assert distill_settings({"alpha": 0.3}) == {**defaults, "alpha": 0.3}
     for bad, match in (({"alpha": 0}, "alpha"), ({"alpha": 1.5}, "alpha"), ({"temperature": -1}, "temperature"),
-                       ({"alfa": 0.5}, "unknown option")):
+                       ({"alfa": 0.5}, "unknown option"), ({"alpha": "abc"}, r"distill.alpha: expected a number"),
+                       ({"flops_matched": "no"}, "flops_matched: expected true or false"),
+                       (5, "expected null, true or a mapping")):
         with pytest.raises(ConfigError, match=match):
             distill_settings(bad)
 
@@ -210,3 +218,27 @@ def test_grow_in_steps_resumes_exactly_across_the_growth(grown, tmp_path):
         resumed = _fit_growing(copy.deepcopy(fresh), plan, 4, resume=str(ckpt))
         for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{name} after resuming at step {step}")
+
+
+def test_a_joined_layer_stays_joined_when_a_resume_raises_max_steps(grown, tmp_path):
+    """Stage 1 joins at step 2 of 4; resumed at step 3 with max_steps=20 (its planned step would now be 10),
+    the layer that has been training since step 2 keeps training, and the FLOPs place it at step 2."""
+    model, plan = grown
+    late = plan.new_layers[1]
+    fresh = copy.deepcopy(model)  # the resumed run starts from untrained weights, as a new process would
+    _fit_growing(model, plan, 4, ckpt_dir=tmp_path)
+    grow = GrowInSteps(2)
+    data = torch.utils.data.DataLoader(torch.randint(0, 256, (40, 16), generator=torch.Generator().manual_seed(0)),
+                                       batch_size=2)
+    trainer = L.Trainer(max_steps=20, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[grow, snaps := _Snapshots()])
+    ckpt = next(tmp_path.glob("*step=3.ckpt"))
+    resumed_late = {n[len(f"model.model.layers.{late}."):]: t for n, t in
+                    torch.load(ckpt, weights_only=False)["state_dict"].items() if f"layers.{late}." in n}
+    trainer.fit(_Grown(fresh, plan), data, ckpt_path=str(ckpt))
+    assert grow.joined_at == {0: 0, 1: 2}
+    first = {n[len(f"model.layers.{late}."):]: t for n, t in snaps.after_step[0].items() if f"layers.{late}." in n}
+    # the very first resumed step (step 3) already updates it: it is not skipped until the new step 10
+    assert all(not torch.equal(resumed_late[n], first[n]) for n in ("mlp.gate_proj.weight", "self_attn.q_proj.weight"))
+    flops = grow.training_flops(_cfg(5), plan, 20, 20, 128, 64)
+    assert flops == pytest.approx(training_flops(_cfg(4), 2 * 128, 64) + training_flops(_cfg(5), 18 * 128, 64))

@@ -60,3 +60,17 @@ def test_the_plan_is_one_base_then_one_multirun_per_seed_most_trained_first(caps
     assert len(printed) == 2 * 3 + 1 and printed[-1].startswith(f"$ {sys.executable} -m kiwi.study.gather")
     with pytest.raises(SystemExit, match="at least 2 seeds"):
         main(["--dry-run", "--seeds", "1"])
+
+
+def test_a_command_that_cannot_start_fails_fast_instead_of_hanging(tmp_path):
+    tasks = [Task("base", [str(tmp_path / "no-such-python")]), Task("seed1", ["true"], after="base")]
+    start = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"base failed \(FileNotFoundError: .*no-such-python"):
+        run_tasks(tasks, workers=2, log_dir=tmp_path / "logs")
+    assert time.perf_counter() - start < 30
+
+
+def test_unknown_dependencies_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="unknown dependencies"):
+        run_tasks([Task("seed1", ["true"], after="base")], workers=1, log_dir=tmp_path / "logs")
+    assert not (tmp_path / "logs").exists()
