@@ -1,11 +1,12 @@
-"""Gather DUS study multiruns (one per regime) into tables (markdown + CSV) and one plot (PNG), logged to W&B.
+"""Gather DUS study multiruns (one per regime and seed) into tables (markdown + CSV) and plots (PNG), logged
+to W&B.
 
-    python -m kiwi.study.gather logs/study_cpu/tpp2 logs/study_cpu/tpp32 [--out DIR] [--wandb auto|offline|disabled]
+    python -m kiwi.study.gather logs/study_cpu/tpp64/seed1 logs/study_cpu/tpp64/seed2 [--out DIR] \
+        [--wandb auto|offline|disabled]
 
 Writes results.md (per regime: the base, mean ± std per variant, paired 95% intervals against both
 controls, the reading), summary.csv, results.csv (every job), base_curves.csv, curves.png and
-differences.png into ``--out``
-(default: <first multirun dir>/study).
+differences.png into ``--out`` (default: <first multirun dir>/study).
 """
 
 from __future__ import annotations
