@@ -80,6 +80,9 @@ def _pick(cfg: Mapping, dotted: str):
 LEVER_TAGS = ("_2phase", "_lrcopy", "_distill", "_grow", "_norewarm")
 
 
+OWN_LR_TAG = "_norewarm"  # the lever whose lr is part of it (the base's final lr)
+
+
 def is_lever(setting: str) -> bool:
     return any(tag in setting for tag in LEVER_TAGS)
 
@@ -99,7 +102,7 @@ def lever_suffix(cfg: Mapping) -> str:
         distill = distill if isinstance(distill, Mapping) else {}
         alpha, temperature = float(distill.get("alpha") or 0.5), float(distill.get("temperature") or 1.0)
         out += "_distill" + ("" if alpha == 0.5 else f"{alpha:g}") + ("" if temperature == 1 else f"T{temperature:g}")
-        out += "" if distill.get("flops_matched", True) else "_unmatched"
+        out += "_unmatched" if distill.get("flops_matched") is False else ""
     if (stages := _pick(cfg, "callbacks.grow_in_steps.stages")) is not None:
         out += f"_grow{int(stages)}"
     if (str(_pick(cfg, "scheduler._target_") or "").endswith(".warmup_constant")

@@ -5,8 +5,8 @@ to W&B.
         [--wandb auto|offline|disabled]
 
 Writes results.md (per regime: the base, mean ± std per variant, paired 95% intervals against both
-controls, the reading), summary.csv, results.csv (every job), base_curves.csv, curves.png and
-differences.png into ``--out`` (default: <first multirun dir>/study).
+controls, the reading), summary.csv, results.csv (every job), base_curves.csv, job_curves.csv,
+curves.png and differences.png into ``--out`` (default: <first multirun dir>/study).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob, load_jobs
-from kiwi.study.plot import plot_curves, plot_differences
+from kiwi.study.plot import mean_curve, plot_curves, plot_differences
 from kiwi.study.stats import last_doubling_improvement
 from kiwi.study.table import (
     COLUMNS,
@@ -30,6 +30,7 @@ from kiwi.study.table import (
     SUMMARY_COLUMNS,
     SUMMARY_CSV_COLUMNS,
     all_rows,
+    groups,
     summary_rows,
     to_markdown,
     write_csv,
@@ -192,8 +193,20 @@ def write_base_curves(bases: dict[str, BaseInfo], path: Path) -> Path:
     return path
 
 
+def write_job_curves(jobs: Sequence[StudyJob], path: Path) -> Path:
+    """Per regime, variant and lr the held-out curve over seeds (what curves.png draws), as numbers."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["regime", "variant", "lr", "seeds", "tokens", "ppl_mean", "ppl_std"])
+        for (regime, variant, lr), members in groups([j for j in jobs if j.curve]).items():
+            for tokens, mean, std in mean_curve(members):
+                writer.writerow([regime, variant, lr, len(members), tokens, mean, std])
+    return path
+
+
 def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> Gathered:
     dirs = [Path(multirun_dirs)] if isinstance(multirun_dirs, (str, Path)) else [Path(d) for d in multirun_dirs]
+    dirs = list({d.resolve(): d for d in dirs}.values())  # a directory given twice is read once
     out = Path(out_dir) if out_dir else dirs[0] / "study"
     out.mkdir(parents=True, exist_ok=True)
     jobs, incomplete = [], []
@@ -208,6 +221,7 @@ def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path
     g.files["csv"] = write_csv(g.rows, COLUMNS, out / "results.csv")
     g.files["summary_csv"] = write_csv(g.summary, SUMMARY_CSV_COLUMNS, out / "summary.csv")
     g.files["base_curves"] = write_base_curves(bases, out / "base_curves.csv")
+    g.files["job_curves"] = write_job_curves(jobs, out / "job_curves.csv")
     g.files["plot"] = plot_curves(jobs, out / "curves.png")
     g.files["differences_plot"] = plot_differences(g.summary, out / "differences.png")
     g.files["markdown"] = out / "results.md"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kiwi import tables
-from kiwi.cli import is_lever
+from kiwi.cli import OWN_LR_TAG
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
 from kiwi.study.stats import PairedDiff, paired_diff, summarize
 
@@ -45,7 +45,7 @@ def control_lr(jobs: Sequence[StudyJob], regime: str, control: str, variant: str
     lrs = {j.lr for j in jobs if j.regime == regime and j.variant == control}
     if lr in lrs:
         return lr
-    return next(iter(lrs)) if len(lrs) == 1 and is_lever(variant) else None
+    return next(iter(lrs)) if len(lrs) == 1 and OWN_LR_TAG in variant else None
 
 
 def all_rows(jobs: Sequence[StudyJob]) -> list[dict]:

@@ -128,6 +128,7 @@ class GrowInSteps(Callback):
             raise ValueError(f"grow_in_steps.stages: expected 2 or more (1 is growing once), got {stages}")
         self.stages = int(stages)
         self.joined_at: dict[int, int] = {}  # stage -> the optimizer step its layers joined (checkpointed)
+        self._planned: set[int] = set()  # stages a first-format checkpoint says have joined
 
     def groups(self, plan: LayerPlan) -> list[list[int]]:
         new = sorted(plan.new_layers)
@@ -146,6 +147,8 @@ class GrowInSteps(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.joined_at = {int(k): int(v) for k, v in state_dict.get("joined_at", {}).items()}
+        # the first format kept only which stages had joined; they joined at their planned step
+        self._planned = {int(k) for k in state_dict.get("grown", [])} - set(self.joined_at)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.world_size > 1:
@@ -164,6 +167,9 @@ class GrowInSteps(Callback):
 
     def _sync(self, trainer, pl_module) -> None:
         plan, layers = pl_module.plan, decoder_layers(pl_module.model)
+        for k in self._planned:
+            self.joined_at.setdefault(k, self.start_step(k, trainer.max_steps))
+        self._planned = set()
         for k, group in enumerate(self.groups(plan)):
             # once joined, always joined (a resume with another max_steps does not drop a trained layer)
             joined = k in self.joined_at or self.start_step(k, trainer.max_steps) <= trainer.global_step

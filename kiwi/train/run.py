@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kiwi.cli import instantiate_group, task_wrapper, validate_trainer
+from kiwi.data.sources import resolve_files
 from kiwi.errors import ConfigError
 from kiwi.model.build import TRAINING_KEY, BuiltModel, as_dict, build_model
 from kiwi.model.io import export_hf
@@ -164,7 +165,8 @@ def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built
                     "python -m kiwi.train.export %s/checkpoints/last.ckpt <out_dir>", out_dir)
     elif cfg.export_hf and not result["interrupted"]:
         hf_dir = Path(cfg.get("export_dir") or out_dir / "hf_model")
-        setattr(module.model.config, TRAINING_KEY, training_definition(cfg))  # checked by reused_export
+        setattr(module.model.config, TRAINING_KEY,  # checked by reused_export
+                {**training_definition(cfg), "steps": result["steps"], "budget_steps": budget.steps})
         result["hf_dir"] = str(export_hf(module.model, built.tokenizer, built.plan, hf_dir, base_model=built.base_path))
     print_outputs(out_dir, result)
 
@@ -245,7 +247,9 @@ SPEED_ONLY = {"model": ("compile", "activation_checkpointing", "checkpoint_every
               "data": ("num_workers", "tokenize_batch", "val_batch_size", "val_tokens", "val_seq_len"),
               "budget": ("tokens_per_s_estimate",), "module": ("_target_", "_partial_", "cache_dir", "loss_chunk",
                                                              "loss_impl")}
-TRAINER_KEYS = ("max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision", "devices", "num_nodes")
+TRAINER_KEYS = ("max_steps", "max_epochs", "max_time", "limit_train_batches", "fast_dev_run",
+                "accumulate_grad_batches", "gradient_clip_val", "precision", "devices", "num_nodes")
+COMPLETION_KEYS = ("steps", "budget_steps")  # how far the exported run got (set at export, not compared)
 
 
 def training_definition(cfg: DictConfig) -> dict:
@@ -262,6 +266,9 @@ def training_definition(cfg: DictConfig) -> dict:
     out["levers"] = {name: as_dict(callbacks[name]) for name in callbacks
                      if str((callbacks[name] or {}).get("_target_", "")).startswith("kiwi.train.levers.")}
     out["seed"] = cfg.get("seed")
+    files = (out["data"].get("source") or {}).get("files")
+    if files:  # the files themselves (name and size), not where this checkout or a glob spells them
+        out["data"]["source"]["files"] = [[f.name, f.stat().st_size] for f in resolve_files(files)]
     return json.loads(json.dumps(out, default=str))
 
 
@@ -283,6 +290,10 @@ def reused_export(cfg: DictConfig) -> dict | None:
         log.warning("%s has no record of how it was trained (exported by an older kiwi): reusing it unchecked",
                     export_dir)
     else:
+        if stored.get("steps") != stored.get("budget_steps"):
+            raise ConfigError(f"export_dir {export_dir} holds a run stopped at step {stored.get('steps')} of "
+                              f"{stored.get('budget_steps')}; delete it to train again")
+        stored = {k: v for k, v in stored.items() if k not in COMPLETION_KEYS}
         old, new = _flat(stored), _flat(training_definition(cfg))
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if changed:

@@ -176,3 +176,24 @@ def test_two_jobs_of_one_setting_and_seed_are_an_error_not_an_average(tmp_path):
     _job(root, 1, "interleave", True, 1e-3, 100.0, 80.0)
     with pytest.raises(ValueError, match="two jobs for interleave_id .*seed 1"):
         summary_rows(load_jobs(root)[0])
+
+
+def test_only_no_rewarming_pairs_across_lrs(tmp_path):
+    """Distillation run at another lr than the controls has no pair (its lr is not part of the lever)."""
+    root = tmp_path / "sweep"
+    for seed in (1, 2):
+        _job(root, 10 * seed, "none", False, 3e-3, 100.0, 92.0 + seed, seed=seed)
+        d = root / str(10 * seed + 1)
+        _job(root, 10 * seed + 1, "interleave", True, 1e-3, 100.0, 80.0 + seed, seed=seed)
+        cfg = yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
+        cfg["module"] = {"distill": {"alpha": 0.5}}
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = {r["variant"]: r for r in summary_rows(load_jobs(root)[0])}
+    assert rows["interleave_id_distill"]["vs_tokens_ctrl"] == "n/a"
+
+
+def test_a_directory_given_twice_is_gathered_once(sweep, tmp_path):
+    once = gather(sweep, tmp_path / "once")
+    twice = gather([sweep, sweep / ".." / sweep.name], tmp_path / "twice")
+    assert len(twice.jobs) == len(once.jobs) and twice.summary == once.summary
+    assert twice.files["job_curves"].read_text() == once.files["job_curves"].read_text()

@@ -103,6 +103,7 @@ def test_variant_names_carry_the_levers():
     assert lever_suffix({"module": {"distill": {"alpha": 0.2}}}) == "_distill0.2"
     assert lever_suffix({"module": {"distill": {"alpha": 0.5, "temperature": 4.0}}}) == "_distillT4"
     assert lever_suffix({"module": {"distill": {"flops_matched": False}}}) == "_distill_unmatched"
+    assert lever_suffix({"module": {"distill": {"flops_matched": None}}}) == "_distill"  # null = the default
     assert lever_suffix({"module": {"distill": True}}) == "_distill"
     assert lever_suffix({"module": {"distill": None}}) == ""
     assert lever_suffix({"callbacks": {"grow_in_steps": {"stages": 3}}}) == "_grow3"
@@ -206,6 +207,23 @@ def test_grow_in_steps_skips_the_late_layer_then_copies_it_from_its_trained_orig
         zeroed = name.startswith(("self_attn.o_proj", "mlp.down_proj"))
         torch.testing.assert_close(tensor, torch.zeros_like(tensor) if zeroed else orig[name], rtol=0, atol=0)
     assert all("forward" not in layer.__dict__ for layer in model.model.layers)  # every layer joined
+
+
+def test_grow_in_steps_resumes_a_first_format_checkpoint_without_copying_again(grown, tmp_path):
+    """Checkpoints of the first GrowInSteps kept {"grown": [stages]}: resuming one after the growth must not
+    copy the trained late layer over again."""
+    model, plan = grown
+    fresh = copy.deepcopy(model)
+    straight = _fit_growing(model, plan, 4)
+    _fit_growing(copy.deepcopy(fresh), plan, 4, ckpt_dir=tmp_path)
+    ckpt = torch.load(next(tmp_path.glob("*step=3.ckpt")), weights_only=False)
+    key = next(k for k in ckpt["callbacks"] if k.startswith("GrowInSteps"))
+    assert ckpt["callbacks"][key] == {"joined_at": {"0": 0, "1": 2}}
+    ckpt["callbacks"][key] = {"grown": [0, 1]}
+    torch.save(ckpt, tmp_path / "first_format.ckpt")
+    resumed = _fit_growing(copy.deepcopy(fresh), plan, 4, resume=str(tmp_path / "first_format.ckpt"))
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 def test_grow_in_steps_resumes_exactly_across_the_growth(grown, tmp_path):

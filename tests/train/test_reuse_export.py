@@ -20,12 +20,14 @@ def _export(tmp_path, overrides: list[str]):
     export = tmp_path / "export"
     export.mkdir()
     definition = training_definition(compose("train", [*BASE, *overrides]))
-    (export / "config.json").write_text(json.dumps({"model_type": "qwen2", TRAINING_KEY: definition}))
+    record = {**definition, "steps": 40, "budget_steps": 40}  # a run that reached its budget, as train.py writes
+    (export / "config.json").write_text(json.dumps({"model_type": "qwen2", TRAINING_KEY: record}))
     return export
 
 
 @pytest.mark.parametrize("change", [
     "trainer.max_steps=3", "trainer.accumulate_grad_batches=4", "trainer.gradient_clip_val=0.5",
+    "+trainer.max_time=00:00:00:05", "+trainer.limit_train_batches=2", "+trainer.fast_dev_run=true",
     "module.distill={alpha:0.9}", "+callbacks.two_phase._target_=kiwi.train.levers.TwoPhase",
     "model.tiny.hidden_size=16", "optimizer.lr=0.5", "seed=7", "data.seq_len=128"])
 def test_an_export_trained_otherwise_is_refused(tmp_path, change):
@@ -54,3 +56,35 @@ def test_a_model_upscaled_from_an_export_does_not_claim_its_record(tmp_path):
                         tmp_path / "cache")
     assert built.model.config.num_hidden_layers == 3
     assert not hasattr(built.model.config, TRAINING_KEY)
+
+
+def _files_run(tmp_path, files: str) -> list[str]:
+    return [*BASE, "data=local", f"data.source.files=[{files}]"]
+
+
+def test_the_same_files_spelled_another_way_reuse_and_changed_files_are_refused(tmp_path):
+    """The record holds the files (name and size), not this checkout's path or the glob that found them."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("one article\n")
+    export = tmp_path / "export"
+    export.mkdir()
+    definition = training_definition(compose("train", _files_run(tmp_path, f"{data}/*.txt")))
+    (export / "config.json").write_text(json.dumps({"model_type": "qwen2", TRAINING_KEY: definition}))
+    other_spelling = compose("train", [*_files_run(tmp_path, f"{data}/../data/a.txt"), f"export_dir={export}"])
+    assert reused_export(other_spelling)["reused"]
+    (data / "b.txt").write_text("a new article\n")  # the glob now finds one more file
+    with pytest.raises(ConfigError, match="data.source.files"):
+        reused_export(compose("train", [*_files_run(tmp_path, f"{data}/*.txt"), f"export_dir={export}"]))
+
+
+def test_an_export_of_a_run_stopped_early_is_refused(tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    record = {**training_definition(compose("train", BASE)), "steps": 7, "budget_steps": 40}
+    (export / "config.json").write_text(json.dumps({"model_type": "qwen2", TRAINING_KEY: record}))
+    with pytest.raises(ConfigError, match="stopped at step 7 of 40"):
+        reused_export(compose("train", [*BASE, f"export_dir={export}"]))
+    record["steps"] = 40
+    (export / "config.json").write_text(json.dumps({"model_type": "qwen2", TRAINING_KEY: record}))
+    assert reused_export(compose("train", [*BASE, f"export_dir={export}"]))["reused"]
