@@ -248,7 +248,7 @@ SPEED_ONLY = {"model": ("compile", "activation_checkpointing", "checkpoint_every
               "budget": ("tokens_per_s_estimate",), "module": ("_target_", "_partial_", "cache_dir", "loss_chunk",
                                                              "loss_impl")}
 TRAINER_KEYS = ("max_steps", "max_epochs", "max_time", "limit_train_batches", "fast_dev_run",
-                "accumulate_grad_batches", "gradient_clip_val", "precision", "devices", "num_nodes")
+                "accumulate_grad_batches", "gradient_clip_val", "precision")
 COMPLETION_KEYS = ("steps", "budget_steps")  # how far the exported run got (set at export, not compared)
 
 
@@ -262,6 +262,7 @@ def training_definition(cfg: DictConfig) -> dict:
         for name in dropped:
             out[key].pop(name, None)
     out["trainer"] = {k: cfg.trainer.get(k) for k in TRAINER_KEYS}  # key by key: others need the Hydra runtime
+    out["trainer"]["world_size"] = trainer_world_size(cfg.trainer)  # devices: auto counts the GPUs here
     callbacks = cfg.get("callbacks") or {}
     out["levers"] = {name: as_dict(callbacks[name]) for name in callbacks
                      if str((callbacks[name] or {}).get("_target_", "")).startswith("kiwi.train.levers.")}
