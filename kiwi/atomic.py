@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def temp_sibling(out: Path, tag: str | None = None) -> Path:
-    """A fresh build location next to ``out``, one per process (ranks may build the same thing at once);
-    ``tag`` instead of the pid when several processes must build into the same one."""
-    tmp = out.with_name(f"{out.name}.tmp{tag if tag is not None else os.getpid()}")
+def temp_sibling(out: Path) -> Path:
+    """A fresh build location next to ``out``, one per process (ranks may build the same thing at once)."""
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     return tmp
 
@@ -55,8 +54,8 @@ def apply_umask(root: Path) -> None:
             path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def write_dir_atomically(write: Callable[[Path], object], out: Path, tag: str | None = None) -> Path:
+def write_dir_atomically(write: Callable[[Path], object], out: Path) -> Path:
     """Build a directory with ``write(tmp)`` under a temporary sibling name, then publish it over ``out``."""
-    tmp = temp_sibling(out, tag)
+    tmp = temp_sibling(out)
     write(tmp)
     return publish_dir(tmp, out, replace=True)

@@ -22,7 +22,7 @@ from hydra.errors import HydraException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kiwi.errors import ConfigError, DeviceError, KiwiError
+from kiwi.errors import ConfigError, DeviceError, KiwiError, worker_message
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT_DIR / "conf"
@@ -78,9 +78,10 @@ def _pick(cfg: Mapping, dotted: str):
 
 # The suffix each lever adds to a setting's name (lever_suffix); a name holding one is a lever variant.
 LEVER_TAGS = ("_2phase", "_lrcopy", "_distill", "_grow", "_norewarm")
-
-
 OWN_LR_TAG = "_norewarm"  # the lever whose lr is part of it (the base's final lr)
+# Where lever_suffix reads the levers in a resolved config (the study reads a job's saved config by them).
+LEVER_KEYS = ("callbacks.two_phase.new_only_fraction", "optimizer.copied_lr_scale", "module.distill",
+              "callbacks.grow_in_steps.stages", "scheduler._target_", "budget.warmup_fraction")
 
 
 def is_lever(setting: str) -> bool:
@@ -111,12 +112,17 @@ def lever_suffix(cfg: Mapping) -> str:
     return out
 
 
+def setting_with_levers(layer_selection: Mapping | None, match_flops: bool, levers: Mapping) -> str:
+    """``setting_name`` plus ``lever_suffix(levers)``; the controls take no suffix (levers do not apply)."""
+    setting = setting_name(layer_selection, match_flops)
+    return setting if setting in (CONTROL_TOKENS, CONTROL_FLOPS) else setting + lever_suffix(levers)
+
+
 def run_name(cfg: Mapping) -> str:
     """``<task>-<setting><levers>``: the default W&B run name (conf/logger/wandb.yaml resolves it)."""
     model = cfg.get("model") or {}
     match_flops = bool((cfg.get("budget") or {}).get("match_flops_layers"))
-    setting = setting_name(model.get("layer_selection"), match_flops)
-    return f"{cfg.get('task_name')}-{setting}{'' if setting in (CONTROL_TOKENS, CONTROL_FLOPS) else lever_suffix(cfg)}"
+    return f"{cfg.get('task_name')}-{setting_with_levers(model.get('layer_selection'), match_flops, cfg)}"
 
 
 def _register_resolvers() -> None:
@@ -219,19 +225,8 @@ def finish_wandb(exit_code: int = 0) -> None:
 
 
 def error_line(err: BaseException) -> str:
-    """The one line a user sees for an anticipated error.
-
-    torch re-raises an error from a DataLoader worker as the same type with the worker's whole formatted
-    traceback as its message ("Caught DataError in DataLoader worker process 0. Original Traceback ...");
-    the original message is what follows the last ``<module>.<Type>: `` of that traceback.
-    """
-    msg = str(err)
-    if msg.startswith("Caught ") and "Original Traceback" in msg:
-        cls = type(err)
-        head = f"{cls.__module__}.{cls.__qualname__}: "
-        if head in msg:
-            msg = msg.rsplit(head, 1)[1]
-    return " ".join(msg.split())
+    """The one line a user sees for an anticipated error (raised in a DataLoader worker or not)."""
+    return " ".join((worker_message(err) or str(err)).split())
 
 
 def report_errors(task: Callable) -> Callable:

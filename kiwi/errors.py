@@ -26,3 +26,16 @@ class HubError(KiwiError, OSError):
 
 class DeviceError(KiwiError, RuntimeError):
     """The requested accelerator or trainer does not fit this machine (names the option to change)."""
+
+
+def worker_message(err: BaseException) -> str | None:
+    """The original message of an error torch re-raised from a DataLoader worker, or None for any other.
+
+    torch re-raises it as the same type with the worker's whole formatted traceback as its message ("Caught
+    DataError in DataLoader worker process 0. Original Traceback ..."); the original message is what follows
+    the last ``<module>.<Type>: `` of that traceback."""
+    msg = str(err)
+    head = f"{type(err).__module__}.{type(err).__qualname__}: "
+    if not (msg.startswith("Caught ") and "Original Traceback" in msg and head in msg):
+        return None
+    return msg.rstrip("\n").rpartition(head)[2]

@@ -31,7 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from kiwi.data.packing import buffer_shuffle, pack_documents
 from kiwi.data.sources import DocumentSource, FileSource, Selection, SourceStats
-from kiwi.errors import DataError
+from kiwi.errors import DataError, worker_message
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,11 @@ def as_source(source: Any) -> DocumentSource:
     raise TypeError(f"PackedDataset: cannot read documents from a {type(source).__name__}")
 
 
-_WORKER_PREFIX = "Caught DataError in DataLoader worker"
-
-
 def unwrap_worker_error(error: DataError) -> DataError:
     """The original error of a dataloader worker: torch re-raises it in the main process with the worker's
     whole traceback as its message, which would bury the one line that names the file and line."""
-    text = str(error)
-    if not text.startswith(_WORKER_PREFIX):
-        return error
-    marker = f"{DataError.__module__}.{DataError.__qualname__}: "
-    return DataError(text.rstrip("\n").rpartition(marker)[2] or text)
+    message = worker_message(error)
+    return error if message is None else DataError(message)
 
 
 def usable(text: str | None) -> bool:

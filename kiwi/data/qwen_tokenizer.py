@@ -16,6 +16,8 @@ import argparse
 import base64
 import hashlib
 import os
+import re
+import unicodedata
 from importlib import resources
 from pathlib import Path
 
@@ -179,8 +181,6 @@ class TiktokenEncoder:
     """
 
     def __init__(self, tokenizer) -> None:
-        import re
-
         import tiktoken
 
         added = {i: c for i, (c, _) in QWEN25_ADDED_TOKENS.items()}
@@ -198,8 +198,6 @@ class TiktokenEncoder:
                                       special_tokens={c: i for i, c in added.items()})
 
     def encode(self, text: str) -> list[int]:
-        import unicodedata
-
         if self._special.search(text) is None:
             return self._enc.encode_ordinary(unicodedata.normalize("NFC", text))
         ids, pos = [], 0

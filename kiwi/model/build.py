@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from kiwi.data.corpus import build_corpus_file
 from kiwi.data.qwen_tokenizer import resolve_tokenizer
 from kiwi.errors import ConfigError, HubError
-from kiwi.hub import check_hub
+from kiwi.hub import check_hub, is_local
 from kiwi.model.attention import resolve_attn_implementation
 from kiwi.model.tiny import build_tiny_base
 from kiwi.upscale import apply_trainable, plan_from_config, upscale
@@ -77,7 +77,7 @@ OFFLINE_MODELS = ("offline: model=tiny builds a tiny base locally (`python train
 def hub_error(option: str, name: str, why: str | None, err: Exception):
     """The error for a model that could not be fetched: what, why, and the offline way (HubError)."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if Path(str(name)).expanduser().exists():
+    if is_local(name):
         return ConfigError(f"{option}: {name} is not a Hugging Face model directory ({first})")
     if str(name).startswith(("/", ".", "~")) or str(name).count("/") > 1 or str(name).endswith(".ckpt"):
         return ConfigError(f"{option}: {name} does not exist (and is not a hub id)")

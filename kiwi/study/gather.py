@@ -12,7 +12,6 @@ curves.png and differences.png into ``--out`` (default: <first multirun dir>/stu
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import platform
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kiwi import tables
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob, load_jobs
 from kiwi.study.plot import mean_curve, plot_curves, plot_differences
 from kiwi.study.stats import last_doubling_improvement
@@ -184,24 +184,16 @@ def markdown_report(dirs: Sequence[Path], g: Gathered, plot_name: str) -> str:
 
 
 def write_base_curves(bases: dict[str, BaseInfo], path: Path) -> Path:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["regime", "n_params", "tokens", "ppl"])
-        for b in bases.values():
-            for tokens, ppl in b.curve:
-                writer.writerow([b.regime, b.n_params, tokens, ppl])
-    return path
+    return tables.write_csv(path, ["regime", "n_params", "tokens", "ppl"],
+                       [[b.regime, b.n_params, tokens, ppl] for b in bases.values() for tokens, ppl in b.curve])
 
 
 def write_job_curves(jobs: Sequence[StudyJob], path: Path) -> Path:
     """Per regime, variant and lr the held-out curve over seeds (what curves.png draws), as numbers."""
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["regime", "variant", "lr", "seeds", "tokens", "ppl_mean", "ppl_std"])
-        for (regime, variant, lr), members in groups([j for j in jobs if j.curve]).items():
-            for tokens, mean, std in mean_curve(members):
-                writer.writerow([regime, variant, lr, len(members), tokens, mean, std])
-    return path
+    by = groups([j for j in jobs if j.curve])
+    return tables.write_csv(path, ["regime", "variant", "lr", "seeds", "tokens", "ppl_mean", "ppl_std"],
+                       [[regime, variant, lr, len(members), tokens, mean, std]
+                        for (regime, variant, lr), members in by.items() for tokens, mean, std in mean_curve(members)])
 
 
 def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> Gathered:

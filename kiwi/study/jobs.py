@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from kiwi.cli import CONTROL_FLOPS, CONTROL_TOKENS, lever_suffix, setting_name
+from kiwi.cli import CONTROL_FLOPS, CONTROL_TOKENS, LEVER_KEYS, setting_with_levers
 from kiwi.model.loss import perplexity
 
 log = logging.getLogger(__name__)
@@ -61,19 +61,15 @@ def variant_label(cfg) -> str:
     suffixes (kiwi.cli.lever_suffix) on every variant but the controls."""
     layer_selection = {key: _select(cfg, f"model.layer_selection.{key}")
                        for key in ("strategy", "identity_init", "trainable")}
-    setting = setting_name(layer_selection, bool(_select(cfg, "budget.match_flops_layers", None)))
-    if setting in (CONTROL_TOKENS, CONTROL_FLOPS):
-        return setting  # levers do not apply to the controls
-    return setting + lever_suffix(_resolved_levers(cfg))
+    return setting_with_levers(layer_selection, bool(_select(cfg, "budget.match_flops_layers", None)),
+                               _resolved_levers(cfg))
 
 
 def _resolved_levers(cfg) -> dict:
-    """The lever keys of a job's config, resolved one by one (a job's saved config may hold interpolations
-    that need the Hydra runtime, such as paths)."""
-    keys = ("callbacks.two_phase.new_only_fraction", "optimizer.copied_lr_scale", "module.distill",
-            "callbacks.grow_in_steps.stages", "scheduler._target_", "budget.warmup_fraction")
+    """The lever keys (kiwi.cli.LEVER_KEYS) of a job's config, resolved one by one (a job's saved config may
+    hold interpolations that need the Hydra runtime, such as paths)."""
     out: dict = {}
-    for key in keys:
+    for key in LEVER_KEYS:
         value = _select(cfg, key)
         if value is None:
             continue

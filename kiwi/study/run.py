@@ -40,22 +40,19 @@ def data_overrides(corpus: str) -> list[str]:
     raise ValueError(f"--corpus: expected auto, wikipedia or docstrings, got {corpus!r}")
 
 
-def base_val_every(profile: str, tokens_per_param: float) -> list[str]:
-    """~16 validations along the base's training whatever its length: its held-out curve and last doubling."""
+def base_val_every(profile: str, tokens_per_param: float, overrides: list[str]) -> list[str]:
+    """~16 validations along the base's training whatever its length: its held-out curve and last doubling.
+    Sized from the base's config with the same overrides the base run gets."""
     from hydra import compose, initialize_config_dir
     from transformers import Qwen2Config
 
     from kiwi.model.build import as_dict
+    from kiwi.upscale import count_parameters
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={profile}_base"])
+        cfg = compose("train", overrides=[f"experiment={profile}_base", *overrides])
     tiny = {k: v for k, v in as_dict(cfg.model.tiny).items() if k in Qwen2Config().to_dict()}
-    import torch
-    from transformers import Qwen2ForCausalLM
-
-    with torch.device("meta"):
-        n_params = sum(p.numel() for p in Qwen2ForCausalLM(Qwen2Config(**tiny)).parameters())
-    steps = tokens_per_param * n_params / (cfg.data.batch_size * cfg.data.seq_len)
+    steps = tokens_per_param * count_parameters(Qwen2Config(**tiny)) / (cfg.data.batch_size * cfg.data.seq_len)
     return [f"trainer.val_check_interval={max(1, round(steps / 16))}"]
 
 
@@ -135,7 +132,8 @@ def study_tasks(profile: str, regimes: list[str], seeds: int, variants: str, dat
     for tpp in sorted(regimes, key=float, reverse=True):
         regime = [f"study.base_tokens_per_param={tpp}", *data, *overrides]
         base = f"base-tpp{tpp}"
-        tasks.append(Task(base, [*py, f"experiment={profile}_base", *regime, *base_val_every(profile, float(tpp))]))
+        tasks.append(Task(base, [*py, f"experiment={profile}_base", *regime,
+                                 *base_val_every(profile, float(tpp), regime)]))
         for seed in range(1, seeds + 1):
             sweep = f"logs/{profile}/tpp{tpp}/seed{seed}"
             tasks.append(Task(f"tpp{tpp}-seed{seed}", [*py, "-m", f"experiment={profile}", *regime, f"seed={seed}",

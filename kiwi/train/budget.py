@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from kiwi.train.flops import flops_per_token
+from kiwi.upscale import count_parameters
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ def make_budget(total_tokens: float, batch_size: int, seq_len: int, world_size: 
     return Budget(steps * per_step, per_step, steps, int(round(warmup_fraction * steps)))
 
 
+def at_depth(config, layers: int):
+    """A copy of a model config with ``layers`` decoder layers: the same architecture, deeper or shallower."""
+    out = copy.deepcopy(config)
+    out.num_hidden_layers = int(layers)
+    return out
+
+
 def flops_matched_tokens(total_tokens: float, config, match_layers: int, seq_len: int) -> int:
     """Tokens that cost ``config``'s model the training FLOPs of ``total_tokens`` through the same
     architecture at ``match_layers`` decoder layers (an equal-compute control for a deeper model).
@@ -51,9 +59,7 @@ def flops_matched_tokens(total_tokens: float, config, match_layers: int, seq_len
     sides count attention the same way."""
     if match_layers is None or int(match_layers) < 1:
         raise ValueError(f"budget.match_flops_layers: expected a positive layer count, got {match_layers}")
-    deep = copy.deepcopy(config)
-    deep.num_hidden_layers = int(match_layers)
-    ratio = flops_per_token(deep, [seq_len]) / flops_per_token(config, [seq_len])
+    ratio = flops_per_token(at_depth(config, int(match_layers)), [seq_len]) / flops_per_token(config, [seq_len])
     return int(round(float(total_tokens) * ratio))
 
 
@@ -73,7 +79,7 @@ def teacher_matched_tokens(total_tokens: float, config, teacher_config, seq_len:
     """Tokens at which training ``config``'s model *plus* a teacher's forward pass on every token costs
     the FLOPs of training it alone on ``total_tokens``: distillation at equal compute."""
     own = flops_per_token(config, [seq_len])
-    return int(round(float(total_tokens) * own / (own + flops_per_token(teacher_config, [seq_len]) / 3)))
+    return int(round(float(total_tokens) * own / (own + forward_flops(teacher_config, 1, seq_len))))
 
 
 def tokens_per_param_budget(tokens_per_param: float, model) -> int:
@@ -81,4 +87,4 @@ def tokens_per_param_budget(tokens_per_param: float, model) -> int:
     regime (Qwen2.5-0.5B saw ~36,000 tokens per parameter) as a token budget."""
     if tokens_per_param is None or float(tokens_per_param) <= 0:
         raise ValueError(f"budget.tokens_per_param: expected a positive number, got {tokens_per_param}")
-    return int(round(float(tokens_per_param) * sum(p.numel() for p in model.parameters())))
+    return int(round(float(tokens_per_param) * count_parameters(model)))

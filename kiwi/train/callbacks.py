@@ -174,10 +174,10 @@ class CheckpointOnSignal(L.Callback):
 
     def _agreed(self, trainer, pl_module) -> bool:
         """Whether any rank received a signal (collective on several ranks: call it on all of them)."""
+        if trainer.world_size == 1:
+            return self.received is not None
         flag = torch.tensor(1 if self.received is not None else 0, device=pl_module.device)
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce(flag, reduce_op="max")
-        return int(flag) > 0
+        return int(trainer.strategy.reduce(flag, reduce_op="max")) > 0
 
     def _raise_if_received(self, trainer, pl_module) -> None:
         if self._agreed(trainer, pl_module):

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import copy
 import types
 from collections.abc import Mapping
 
@@ -26,7 +25,7 @@ from lightning import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from kiwi.errors import ConfigError
-from kiwi.train.budget import forward_flops, training_flops
+from kiwi.train.budget import at_depth, forward_flops, training_flops
 from kiwi.upscale import LayerPlan, decoder_layers, zero_residual_branch
 
 DISTILL_OPTIONS = {"alpha": 0.5, "temperature": 1.0, "flops_matched": True}
@@ -194,9 +193,8 @@ class GrowInSteps(Callback):
         total = 0.0
         for k in range(self.stages):
             n = max(0, min(steps, starts[k + 1]) - min(steps, starts[k]))
-            depth = copy.deepcopy(config)
-            depth.num_hidden_layers = plan.n_target - sum(len(g) for g in groups[k + 1:])
-            total += training_flops(depth, n * tokens_per_step, seq_len)
+            depth = plan.n_target - sum(len(g) for g in groups[k + 1:])
+            total += training_flops(at_depth(config, depth), n * tokens_per_step, seq_len)
         return total
 
 

@@ -8,14 +8,12 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.strategies import FSDPStrategy
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from kiwi.cli import instantiate_group, task_wrapper, validate_trainer
-from kiwi.data.sources import resolve_files
 from kiwi.errors import ConfigError
 from kiwi.model.build import TRAINING_KEY, BuiltModel, as_dict, build_model
 from kiwi.model.io import export_hf
@@ -24,6 +22,8 @@ from kiwi.train.callbacks import CheckpointOnSignal, EmptyEpochGuard, RunInterru
 from kiwi.train.checkpoint import publish_checkpoint_dirs
 from kiwi.train.levers import distill_settings, run_flops
 from kiwi.train.module import KiwiLM, perplexity
+from kiwi.train.parallel import accelerator_device, trainer_world_size
+from kiwi.train.reuse import reused_export, training_record
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +81,6 @@ def train(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
     if interrupted:
         raise stopper.error()
     return result
-
-
-def accelerator_device(trainer_cfg: DictConfig) -> str:
-    """Where the model will run, so build_model picks the attention kernel for it (flex_attention on CUDA)."""
-    acc = str(trainer_cfg.get("accelerator", "auto"))
-    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
-
-
-def trainer_world_size(trainer_cfg: DictConfig) -> int:
-    """Processes the Trainer will run (devices x num_nodes), read from its config so that the budget's steps
-    are known before it is built. ``devices: auto`` (or -1) counts the GPUs, as Lightning does; on CPU it is 1."""
-    devices = trainer_cfg.get("devices", "auto")
-    if isinstance(devices, (list, ListConfig)):
-        per_node = len(devices)
-    elif devices in ("auto", -1):
-        per_node = max(torch.cuda.device_count(), 1) if accelerator_device(trainer_cfg) == "cuda" else 1
-    else:
-        per_node = int(devices)
-    return per_node * int(trainer_cfg.get("num_nodes") or 1)
 
 
 def training_budget(cfg: DictConfig, built: BuiltModel) -> Budget:
@@ -165,8 +144,7 @@ def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built
                     "python -m kiwi.train.export %s/checkpoints/last.ckpt <out_dir>", out_dir)
     elif cfg.export_hf and not result["interrupted"]:
         hf_dir = Path(cfg.get("export_dir") or out_dir / "hf_model")
-        setattr(module.model.config, TRAINING_KEY,  # checked by reused_export
-                {**training_definition(cfg), "steps": result["steps"], "budget_steps": budget.steps})
+        setattr(module.model.config, TRAINING_KEY, training_record(cfg, result["steps"], budget.steps))
         result["hf_dir"] = str(export_hf(module.model, built.tokenizer, built.plan, hf_dir, base_model=built.base_path))
     print_outputs(out_dir, result)
 
@@ -240,70 +218,6 @@ def data_source_name(cfg: DictConfig) -> str:
             value = src.get(key)
             return f"{key}={list(value) if not isinstance(value, str) else value}"
     return str(src.get("kind") or src.get("_target_") or "data")
-
-
-# What changes how fast a run goes but not the weights it ends with: left out of training_definition.
-SPEED_ONLY = {"model": ("compile", "activation_checkpointing", "checkpoint_every", "attn_implementation"),
-              "data": ("num_workers", "tokenize_batch", "val_batch_size", "val_tokens", "val_seq_len"),
-              "budget": ("tokens_per_s_estimate",), "module": ("_target_", "_partial_", "cache_dir", "loss_chunk",
-                                                             "loss_impl")}
-TRAINER_KEYS = ("max_steps", "max_epochs", "max_time", "limit_train_batches", "fast_dev_run",
-                "accumulate_grad_batches", "gradient_clip_val", "precision")
-COMPLETION_KEYS = ("steps", "budget_steps")  # how far the exported run got (set at export, not compared)
-
-
-def training_definition(cfg: DictConfig) -> dict:
-    """What an export's weights depend on: model, data, budget, optimizer, schedule, seed, the trainer values
-    that change the steps or the arithmetic, the module's loss options and the levers' callbacks; not speed
-    settings (``SPEED_ONLY``), logging or validation. Saved with the export, so that a reused one is known
-    to match."""
-    out = {key: as_dict(cfg.get(key)) for key in ("model", "data", "budget", "optimizer", "scheduler", "module")}
-    for key, dropped in SPEED_ONLY.items():
-        for name in dropped:
-            out[key].pop(name, None)
-    out["trainer"] = {k: cfg.trainer.get(k) for k in TRAINER_KEYS}  # key by key: others need the Hydra runtime
-    out["trainer"]["world_size"] = trainer_world_size(cfg.trainer)  # devices: auto counts the GPUs here
-    callbacks = cfg.get("callbacks") or {}
-    out["levers"] = {name: as_dict(callbacks[name]) for name in callbacks
-                     if str((callbacks[name] or {}).get("_target_", "")).startswith("kiwi.train.levers.")}
-    out["seed"] = cfg.get("seed")
-    files = (out["data"].get("source") or {}).get("files")
-    if files:  # the files themselves (name and size), not where this checkout or a glob spells them
-        out["data"]["source"]["files"] = [[f.name, f.stat().st_size] for f in resolve_files(files)]
-    return json.loads(json.dumps(out, default=str))
-
-
-def _flat(d, prefix: str = "") -> dict:
-    if isinstance(d, dict) and d:
-        return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): d}
-
-
-def reused_export(cfg: DictConfig) -> dict | None:
-    """With ``reuse_export``, a model already exported to ``export_dir`` is kept and nothing is trained, if it
-    was trained from the same definition (``training_definition``); a different one is a ConfigError."""
-    export_dir = cfg.get("export_dir")
-    config_json = Path(export_dir) / "config.json" if export_dir else None
-    if not (config_json and cfg.get("reuse_export") and config_json.exists()):
-        return None
-    stored = json.loads(config_json.read_text()).get(TRAINING_KEY)
-    if stored is None:
-        log.warning("%s has no record of how it was trained (exported by an older kiwi): reusing it unchecked",
-                    export_dir)
-    else:
-        if stored.get("steps") != stored.get("budget_steps"):
-            raise ConfigError(f"export_dir {export_dir} holds a run stopped at step {stored.get('steps')} of "
-                              f"{stored.get('budget_steps')}; delete it to train again")
-        stored = {k: v for k, v in stored.items() if k not in COMPLETION_KEYS}
-        old, new = _flat(stored), _flat(training_definition(cfg))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if changed:
-            shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed[:4])
-            raise ConfigError(f"export_dir {export_dir} was trained with a different configuration ({shown}"
-                              f"{'; ...' if len(changed) > 4 else ''}); delete it to train again, or point "
-                              "export_dir elsewhere")
-    print(f"kiwi: {export_dir} already exists, reusing it (delete it to train again)")
-    return {"val/ppl": None, "hf_dir": str(export_dir), "reused": True}
 
 
 def print_outputs(out_dir: Path, result: dict) -> None:

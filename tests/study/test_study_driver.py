@@ -48,12 +48,14 @@ def test_a_failed_task_stops_its_dependents_and_is_named(tmp_path):
 
 
 def test_the_plan_is_one_base_then_one_multirun_per_seed_most_trained_first(capsys):
-    tasks, sweeps = study_tasks("study_cpu", ["2", "512"], 3, "control_tokens,interleave_id", [], ["x=1"])
+    tasks, sweeps = study_tasks("study_cpu", ["2", "512"], 3, "control_tokens,interleave_id", [],
+                                ["trainer.log_every_n_steps=1"])
     assert [t.name for t in tasks] == ["base-tpp512", "tpp512-seed1", "tpp512-seed2", "tpp512-seed3",
                                        "base-tpp2", "tpp2-seed1", "tpp2-seed2", "tpp2-seed3"]
     assert all(t.after == f"base-tpp{t.name[3:].split('-')[0]}" for t in tasks if "seed" in t.name)
     seed2 = tasks[2].cmd
-    assert "seed=2" in seed2 and "+study=control_tokens,interleave_id" in seed2 and "x=1" in seed2
+    assert "seed=2" in seed2 and "+study=control_tokens,interleave_id" in seed2
+    assert "trainer.log_every_n_steps=1" in seed2
     assert "hydra.sweep.dir=logs/study_cpu/tpp512/seed2" in seed2 and sweeps[1] == "logs/study_cpu/tpp512/seed2"
     main(["--dry-run", "--regimes", "4,8", "--seeds", "2", "--corpus", "docstrings"])
     printed = capsys.readouterr().out.splitlines()
@@ -74,3 +76,22 @@ def test_unknown_dependencies_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="unknown dependencies"):
         run_tasks([Task("seed1", ["true"], after="base")], workers=1, log_dir=tmp_path / "logs")
     assert not (tmp_path / "logs").exists()
+
+
+def test_the_base_validation_interval_follows_the_overridden_base():
+    """The base is validated ~16 times whatever its size, counted on the config it is really trained with
+    (the regime's and the user's overrides), not on the profile's defaults."""
+
+    def interval(*overrides: str) -> int:
+        base = study_tasks("study_cpu", ["64"], 2, "control_tokens", [], list(overrides))[0][0]
+        return int(next(a for a in base.cmd if a.startswith("trainer.val_check_interval=")).split("=")[1])
+
+    from kiwi.upscale import count_parameters
+    from tests.helpers import compose
+
+    wide = compose("train", ["experiment=study_cpu_base", "model.tiny.hidden_size=32"])
+    from transformers import Qwen2Config
+
+    tiny = {k: v for k, v in wide.model.tiny.items() if k in Qwen2Config().to_dict()}
+    steps = 64 * count_parameters(Qwen2Config(**tiny)) / (wide.data.batch_size * wide.data.seq_len)
+    assert interval("model.tiny.hidden_size=32") == max(1, round(steps / 16)) != interval()

@@ -9,7 +9,7 @@ import pytest
 
 from kiwi.errors import ConfigError
 from kiwi.model.build import TRAINING_KEY, build_model
-from kiwi.train.run import reused_export, training_definition
+from kiwi.train.reuse import reused_export, training_definition
 from tests.helpers import compose, tiny_qwen2, tiny_tokenizer
 
 BASE = ["experiment=study_cpu_base"]
