@@ -199,16 +199,22 @@ def write_job_curves(jobs: Sequence[StudyJob], path: Path) -> Path:
 def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> Gathered:
     dirs = [Path(multirun_dirs)] if isinstance(multirun_dirs, (str, Path)) else [Path(d) for d in multirun_dirs]
     dirs = list({d.resolve(): d for d in dirs}.values())  # a directory given twice is read once
-    out = Path(out_dir) if out_dir else dirs[0] / "study"
-    out.mkdir(parents=True, exist_ok=True)
     jobs, incomplete = [], []
     for d in dirs:
         found, missing = load_jobs(d)
         jobs += found
         incomplete += missing
+    base_dirs: dict[str, set] = {}
+    for job in jobs:
+        base_dirs.setdefault(job.regime, set()).add(job.base_dir)
+    if mixed := {regime: sorted(map(str, d)) for regime, d in base_dirs.items() if len(d) > 1}:
+        raise ValueError(f"jobs continuing different bases share a regime label, which would pair them: {mixed}; "
+                         "gather each base's sweeps separately")
     bases = {}
     for job in sorted(jobs, key=lambda j: (j.base_tokens_per_param or 0.0, j.regime)):
         bases.setdefault(job.regime, base_info(job.regime, job.base_dir))
+    out = Path(out_dir) if out_dir else dirs[0] / "study"
+    out.mkdir(parents=True, exist_ok=True)
     g = Gathered(jobs, incomplete, all_rows(jobs), summary_rows(jobs), bases, {})
     g.files["csv"] = write_csv(g.rows, COLUMNS, out / "results.csv")
     g.files["summary_csv"] = write_csv(g.summary, SUMMARY_CSV_COLUMNS, out / "summary.csv")
@@ -251,7 +257,10 @@ def main(argv: list[str] | None = None) -> Gathered:
     parser.add_argument("--wandb-group", default=None, help="default: the jobs' logger.wandb.group")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    g = gather(args.multirun_dirs, args.out)
+    try:
+        g = gather(args.multirun_dirs, args.out)
+    except (FileNotFoundError, ValueError) as err:  # no jobs, unfinished jobs, twins, mixed bases: one line
+        raise SystemExit(f"kiwi.study.gather: error: {err}") from None
     log_to_wandb(g, args.wandb, group=args.wandb_group)
     print(g.files["markdown"].read_text())
     for name, path in g.files.items():

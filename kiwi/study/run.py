@@ -142,6 +142,25 @@ def study_tasks(profile: str, regimes: list[str], seeds: int, variants: str, dat
     return tasks, sweeps
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any base trains, what would fail or mislead only after it: unknown or repeated
+    variants, empty, non-positive or repeated regimes, fewer than one worker."""
+    if args.workers < 1:
+        parser.error(f"--workers: expected 1 or more, got {args.workers}")
+    try:
+        regimes = [float(r) for r in args.regimes.split(",")]
+    except ValueError:
+        parser.error(f"--regimes: expected comma-separated tokens-per-parameter numbers, got {args.regimes!r}")
+    if min(regimes) <= 0 or len(set(regimes)) != len(regimes):
+        parser.error(f"--regimes: expected distinct positive numbers, got {args.regimes!r}")
+    variants = args.variants.split(",")
+    known = sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml"))
+    if unknown := [v for v in variants if v not in known]:
+        parser.error(f"--variants: unknown {unknown}; conf/study/ has {known}")
+    if len(set(variants)) != len(variants):
+        parser.error(f"--variants: a variant is repeated in {args.variants!r}")
+
+
 def main(argv: list[str] | None = None) -> float:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="study_cpu", help="experiment pair <profile>_base / <profile>")
@@ -158,6 +177,7 @@ def main(argv: list[str] | None = None) -> float:
     args = p.parse_args(argv)
     if args.seeds < 2:
         raise SystemExit("--seeds: the paired intervals need at least 2 seeds")
+    check_arguments(p, args)
     tasks, sweeps = study_tasks(args.profile, args.regimes.split(","), args.seeds, args.variants,
                                 data_overrides(args.corpus), args.overrides)
     start = time.perf_counter()

@@ -46,6 +46,7 @@ class KiwiLM(L.LightningModule):
             raise ValueError(f"module.nonfinite_loss: expected 'stop' or 'skip', got {nonfinite_loss!r}")
         self.distill = distill_settings(distill)
         self.save_hyperparameters(ignore=["built"])
+        self.hparams["distill"] = self.distill  # a plain dict: checkpoints load with weights_only (resume)
         if built is None:
             # A stored plan (e.g. a measured importance plan) is reused, never re-derived.
             from kiwi.upscale import LayerPlan

@@ -67,7 +67,15 @@ def reused_export(cfg: DictConfig) -> dict | None:
     config_json = Path(export_dir) / "config.json" if export_dir else None
     if not (config_json and cfg.get("reuse_export") and config_json.exists()):
         return None
-    stored = json.loads(config_json.read_text()).get(TRAINING_KEY)
+    try:
+        config = json.loads(config_json.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"export_dir {export_dir}: config.json is not valid JSON ({err}); delete the directory "
+                          "to train again") from None
+    stored = config.get(TRAINING_KEY) if isinstance(config, dict) else None
+    if not isinstance(config, dict) or not isinstance(stored, dict | None):
+        raise ConfigError(f"export_dir {export_dir}: config.json is not a model config with a training record "
+                          f"({TRAINING_KEY}); delete the directory to train again")
     if stored is None:
         log.warning("%s has no record of how it was trained (exported by an older kiwi): reusing it unchecked",
                     export_dir)

@@ -197,3 +197,29 @@ def test_a_directory_given_twice_is_gathered_once(sweep, tmp_path):
     twice = gather([sweep, sweep / ".." / sweep.name], tmp_path / "twice")
     assert len(twice.jobs) == len(once.jobs) and twice.summary == once.summary
     assert twice.files["job_curves"].read_text() == once.files["job_curves"].read_text()
+
+
+def _continuing(root: Path, num: int, base: Path, seed: int) -> None:
+    """A job of regime 0.05 tokens/param that continued ``base``."""
+    _job(root, num, "interleave", True, 1e-3, 100.0, 90.0 + seed, seed=seed)
+    path = root / str(num) / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"]["base"], cfg["study"] = str(base), {"base_tokens_per_param": 0.05}
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def test_sweeps_of_two_bases_with_one_regime_label_are_not_pooled(tmp_path):
+    _continuing(tmp_path / "a", 0, tmp_path / "base_a", seed=1)
+    _continuing(tmp_path / "b", 0, tmp_path / "base_b", seed=2)
+    with pytest.raises(ValueError, match=r"different bases share a regime label.*base_a.*base_b"):
+        gather([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_gather_of_an_empty_directory_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from kiwi.study.gather import main
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"^kiwi.study.gather: error: .*empty: no finished train.py jobs"):
+        main([str(tmp_path / "empty"), "--wandb", "disabled"])
+    assert list((tmp_path / "empty").iterdir()) == []

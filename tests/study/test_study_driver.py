@@ -3,6 +3,7 @@ scheduler, on real processes: dependencies respected, two at once, a failure nam
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -95,3 +96,21 @@ def test_the_base_validation_interval_follows_the_overridden_base():
     tiny = {k: v for k, v in wide.model.tiny.items() if k in Qwen2Config().to_dict()}
     steps = 64 * count_parameters(Qwen2Config(**tiny)) / (wide.data.batch_size * wide.data.seq_len)
     assert interval("model.tiny.hidden_size=32") == max(1, round(steps / 16)) != interval()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "--workers: expected 1 or more"),
+    (["--regimes", ""], "--regimes: expected comma-separated"),
+    (["--regimes", "4,x"], "--regimes: expected comma-separated"),
+    (["--regimes", "4,4.0"], "--regimes: expected distinct positive"),
+    (["--regimes", "0,4"], "--regimes: expected distinct positive"),
+    (["--variants", "control_tokens,nosuch"], r"--variants: unknown \['nosuch'\]"),
+    (["--variants", "control_tokens,control_tokens"], "--variants: a variant is repeated"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(args, message, capsys):
+    """Each would otherwise fail (or train every job twice) only after a base had trained."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dry-run", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr()
+    assert re.search(message, err.err) and "$ " not in err.out

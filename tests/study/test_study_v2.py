@@ -114,3 +114,16 @@ def test_gather_two_seeds_report(v2_sweep, tmp_path):
     assert json.loads(base.report.read_text())["val_curve"]
     log_to_wandb(g, mode="offline")
     assert list((tmp_path / "study" / "wandb").glob("offline-run-*"))
+
+
+def test_a_distillation_run_resumes_from_its_checkpoint(v2_sweep, kiwi_cache, tmp_path):
+    """Lightning loads checkpoints with weights_only: the distill hyper-parameters must be plain data."""
+    from .conftest import train
+
+    job = _by(v2_sweep)[("interleave_id_distill", 1)]
+    overrides = yaml.safe_load((job.path / ".hydra" / "overrides.yaml").read_text())
+    state = torch.load(job.path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["hyper_parameters"]["distill"] == {"alpha": 0.5, "temperature": 1.0, "flops_matched": True}
+    proc = train([*overrides, f"ckpt_path={job.path / 'checkpoints' / 'last.ckpt'}",
+                  f"hydra.run.dir={tmp_path / 'resumed'}"], kiwi_cache)
+    assert "held-out perplexity" in proc.stdout

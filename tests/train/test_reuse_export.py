@@ -4,6 +4,7 @@ up-scaled from an export does not carry the base's record as its own."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -88,3 +89,14 @@ def test_an_export_of_a_run_stopped_early_is_refused(tmp_path):
     record["steps"] = 40
     (export / "config.json").write_text(json.dumps({"model_type": "qwen2", TRAINING_KEY: record}))
     assert reused_export(compose("train", [*BASE, f"export_dir={export}"]))["reused"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{", "config.json is not valid JSON"), ("[]", "config.json is not a model config with a training record"),
+    ('{"kiwi_training": "x"}', "config.json is not a model config with a training record")])
+def test_a_corrupt_export_config_is_a_clear_error(tmp_path, content, message):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text(content)
+    with pytest.raises(ConfigError, match=rf"export_dir {export}: {re.escape(message)}.*delete the directory"):
+        reused_export(compose("train", [*BASE, f"export_dir={export}"]))
