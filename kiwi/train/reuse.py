@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 
 # What changes how fast a run goes but not the weights it ends with: left out of training_definition.
+# Not data.num_workers: the row order is a function of world size x workers (kiwi.data.packed_dataset), so
+# another worker count trains other batches (tests/train/test_reuse_workers.py measures it).
 SPEED_ONLY = {"model": ("compile", "activation_checkpointing", "checkpoint_every", "attn_implementation"),
-              "data": ("num_workers", "tokenize_batch", "val_batch_size", "val_tokens", "val_seq_len"),
+              "data": ("tokenize_batch", "val_batch_size", "val_tokens", "val_seq_len"),
               "budget": ("tokens_per_s_estimate",), "module": ("_target_", "_partial_", "cache_dir", "loss_chunk",
                                                              "loss_impl")}
 TRAINER_KEYS = ("max_steps", "max_epochs", "max_time", "limit_train_batches", "fast_dev_run",

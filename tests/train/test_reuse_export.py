@@ -30,7 +30,7 @@ def _export(tmp_path, overrides: list[str]):
     "trainer.max_steps=3", "trainer.accumulate_grad_batches=4", "trainer.gradient_clip_val=0.5",
     "+trainer.max_time=00:00:00:05", "+trainer.limit_train_batches=2", "+trainer.fast_dev_run=true",
     "module.distill={alpha:0.9}", "+callbacks.two_phase._target_=kiwi.train.levers.TwoPhase",
-    "model.tiny.hidden_size=16", "optimizer.lr=0.5", "seed=7", "data.seq_len=128"])
+    "model.tiny.hidden_size=16", "optimizer.lr=0.5", "seed=7", "data.seq_len=128", "data.num_workers=3"])
 def test_an_export_trained_otherwise_is_refused(tmp_path, change):
     export = _export(tmp_path, [])
     cfg = compose("train", [*BASE, f"export_dir={export}", change])
@@ -39,7 +39,7 @@ def test_an_export_trained_otherwise_is_refused(tmp_path, change):
 
 
 @pytest.mark.parametrize("change", [None, "model.compile=true", "budget.tokens_per_s_estimate=8000",
-                                    "model.activation_checkpointing=full", "data.num_workers=3",
+                                    "model.activation_checkpointing=full",
                                     "trainer.val_check_interval=3", "trainer.log_every_n_steps=1"])
 def test_speed_logging_and_validation_settings_still_reuse(tmp_path, change):
     export = _export(tmp_path, [])
