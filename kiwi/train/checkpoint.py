@@ -5,7 +5,9 @@ Loading a checkpoint back into an HF model is model I/O (``kiwi.model.io``).
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -13,6 +15,31 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from kiwi.atomic import publish_dir, remove
+
+log = logging.getLogger(__name__)
+TMP_SUFFIX = re.compile(r"\.tmp(\d+)$")  # StreamingCheckpointIO's temporary file: <name>.tmp<pid>
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files of saves whose process died (``kill -9``, OOM): nothing else ever would, and
+    at full size each is ~8 GB. A file whose writer is still alive is left alone."""
+    stale = [p for p in folder.glob("*.tmp*") if p.is_file() and (m := TMP_SUFFIX.search(p.name))
+             and not alive(int(m.group(1)))]
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.warning("removed %s, the temporary file of a save that died", path)
+    return stale
 
 
 def writes_directories(strategy) -> bool:
@@ -59,6 +86,7 @@ class StreamingCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp_files(path.parent)
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         try:
             torch.save(checkpoint, tmp)
