@@ -168,6 +168,22 @@ def _decode(raw: bytes, path: Path, line_no: int) -> str:
         raise DataError(f"{path}:{line_no}: line is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
 
 
+def _encodable(text: str, where: str) -> str:
+    """``text`` if it is valid Unicode; a lone surrogate (valid JSON ``"\\ud83d"``) is a ``DataError`` here,
+    where the record's file and line are known, so that no encoder sees it (the HF tokenizers backend raises
+    a ``TypeError`` that names nothing, tiktoken silently encodes U+FFFD)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"{where}: text is not encodable as UTF-8 (lone surrogate U+{ord(text[exc.start]):04X} "
+            f"at character {exc.start + 1})"
+        ) from exc
+    return text
+
+
 def _field(record: Any, text_field: str, where: str) -> str:
     if not isinstance(record, dict):
         raise DataError(f"{where}: record is a {type(record).__name__}, expected a JSON object")
@@ -176,7 +192,7 @@ def _field(record: Any, text_field: str, where: str) -> str:
     value = record[text_field]
     if not isinstance(value, str):
         raise DataError(f"{where}: field {text_field!r} is a {type(value).__name__}, expected a string")
-    return value
+    return _encodable(value, f"{where}: field {text_field!r}")
 
 
 class FileSource(DocumentSource):
@@ -312,7 +328,7 @@ class FileSource(DocumentSource):
                                 f"{path}: row {row}: column {self.text_field!r} is a "
                                 f"{type(value).__name__}, expected a string"
                             )
-                        return value
+                        return _encodable(value, f"{path}: row {row}: column {self.text_field!r}")
 
                     yield index, self._parse(make, stats)
                 index += 1
@@ -457,10 +473,13 @@ class HubSource(DocumentSource):
 
 def _text_or_none(value: Any, where: str, on_error: str, stats: SourceStats) -> str | None:
     """The value if it is a string; otherwise raise (or, with on_error=skip, count it) naming ``where``."""
-    if isinstance(value, str):
-        return value
-    _handle(DataError(f"{where} is a {type(value).__name__}, expected a string"), on_error, stats)
-    return None
+    try:
+        if isinstance(value, str):
+            return _encodable(value, where)
+        raise DataError(f"{where} is a {type(value).__name__}, expected a string")
+    except DataError as error:
+        _handle(error, on_error, stats)
+        return None
 
 
 def build_source(kind: str, text_field: str = "text", on_error: str = "raise", **kwargs: Any) -> DocumentSource:

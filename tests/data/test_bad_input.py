@@ -116,3 +116,62 @@ def test_training_bad_row_is_one_line_naming_file_and_line(tmp_path, tokenizer, 
     with pytest.raises(DataError) as err:
         list(dm.train_dataloader())
     assert str(err.value) == f"{path}:9: record has no field 'text' (fields: ['title'])"
+
+
+# Unencodable text: the same bad records through both encoders of Qwen2.5's vocabulary (the HF tokenizers
+# backend and data.encoder=tiktoken). Each must see the same error, or skip and count the same record.
+UNENCODABLE = {
+    # valid JSON, but "\ud83d" is a lone surrogate (half an emoji): no UTF-8 encoding exists
+    "jsonl_lone_surrogate": ("bad.jsonl", [GOOD, b'{"text": "half an emoji \\ud83d here"}', GOOD],
+                             r"lone surrogate U\+D83D"),
+    "json_array_lone_surrogate": ("bad.json", [b'[{"text": "alpha beta"},', b'{"text": "x \\udfff"}]'],
+                                  r"lone surrogate U\+DFFF"),
+    "txt_invalid_utf8": ("bad.txt", [b"alpha beta", b"caf\xe9 au lait", b"alpha beta"], "not valid UTF-8"),
+    "txt_encoded_surrogate": ("bad.txt", [b"alpha beta", b"x \xed\xa0\xbd y", b"alpha beta"], "not valid UTF-8"),
+}
+WHERE = {"jsonl_lone_surrogate": ":2:", "json_array_lone_surrogate": ": record 2:", "txt_invalid_utf8": ":2:",
+         "txt_encoded_surrogate": ":2:"}
+
+
+@pytest.fixture(scope="module")
+def both_encoders(kiwi_cache):
+    from transformers import AutoTokenizer
+
+    from kiwi.data.qwen_tokenizer import TiktokenEncoder, qwen25_tokenizer_dir
+
+    hf = AutoTokenizer.from_pretrained(qwen25_tokenizer_dir(kiwi_cache))
+    return {"hf": hf, "tiktoken": TiktokenEncoder(hf)}
+
+
+@pytest.mark.parametrize("case", sorted(UNENCODABLE))
+def test_unencodable_text_is_named_by_both_encoders(tmp_path, both_encoders, case):
+    name, lines, message = UNENCODABLE[case]
+    path = _write(tmp_path / name, lines)
+    for encoder, tok in both_encoders.items():
+        with pytest.raises(DataError, match=message) as err:
+            _rows(FileSource(str(path)), tok)
+        assert str(err.value).startswith(f"{path}{WHERE[case]}"), (encoder, str(err.value))
+
+
+@pytest.mark.parametrize("case", sorted(UNENCODABLE))
+def test_unencodable_text_is_skipped_and_counted_alike_by_both_encoders(tmp_path, both_encoders, case):
+    name, lines, _ = UNENCODABLE[case]
+    path = _write(tmp_path / name, lines)
+    good = "alpha beta"
+    rows = {}
+    for encoder, tok in both_encoders.items():
+        ds = PackedDataset(FileSource(str(path), on_error="skip"), tok, seq_len=32)
+        rows[encoder] = [r["input_ids"].tolist() for r in ds]
+        assert ds.stats.counts == {"bad_records": 1}, encoder
+        # only the good records, nothing of the bad one (the HF ids: both encoders must give them)
+        expected = doc_tokens(both_encoders["hf"], good) * (len(lines) - 1)
+        assert rows[encoder][0][: len(expected)] == list(expected), encoder
+    assert rows["hf"] == rows["tiktoken"]
+
+
+def test_in_memory_lone_surrogate_is_named(both_encoders):
+    for tok in both_encoders.values():
+        with pytest.raises(DataError, match=r"texts\[1\].*lone surrogate U\+D83D at character 3"):
+            _rows(TextListSource(["alpha", "ab\ud83d"]), tok)
+        ds = PackedDataset(TextListSource(["alpha", "ab\ud83d"], on_error="skip"), tok, seq_len=16)
+        assert len(list(ds)) == 1 and ds.stats.counts == {"bad_records": 1}
