@@ -134,8 +134,9 @@ def write_report(results: Results, out_dir: Path, meta: Mapping | None = None) -
     return paths
 
 
-def log_to_loggers(loggers: list, results: Results, chart: Path) -> None:
-    """W&B gets the table and the chart; other Lightning loggers get the flat metrics."""
+def log_to_loggers(loggers: list, results: Results, chart: Path, figures: Mapping[str, Path] | None = None) -> None:
+    """W&B gets the table, the chart and the tasks' own ``figures`` (W&B key -> PNG); other Lightning
+    loggers get the flat metrics."""
     flat = {
         f"eval/{model}/{task}/{metric}": value
         for model, tasks in results.items()
@@ -152,6 +153,7 @@ def log_to_loggers(loggers: list, results: Results, chart: Path) -> None:
                 {
                     "eval/results": wandb.Table(columns=header, data=rows),
                     "eval/chart": wandb.Image(str(chart)),
+                    **{key: wandb.Image(str(png)) for key, png in (figures or {}).items()},
                     **flat,
                 }
             )

@@ -27,6 +27,7 @@ from kiwi.errors import ConfigError, DeviceError, KiwiError
 from kiwi.eval.choice_scoring import score_choices
 from kiwi.eval.encoding import encode_pair, model_max_length, prefix_token_id
 from kiwi.eval.heldout import HeldoutData, heldout_batches, heldout_definitions
+from kiwi.eval.long_ppl import evaluate_long_ppl, load_long_texts, write_long_ppl_report
 from kiwi.eval.metrics import choice_metrics, choice_records, rolling_metrics, rolling_records
 from kiwi.eval.perplexity import heldout_nll, score_documents
 from kiwi.eval.report import log_to_loggers, markdown_table, write_report
@@ -37,7 +38,7 @@ from kiwi.model.loss import perplexity
 
 log = logging.getLogger(__name__)
 
-TASK_TYPES = ("multiple_choice", "rolling", "heldout")
+TASK_TYPES = ("multiple_choice", "rolling", "heldout", "long_ppl")
 
 
 @dataclass
@@ -258,6 +259,8 @@ def evaluate_model(model, tokenizer, tasks: dict[str, dict], docs: dict, cfg, na
             metrics, records = evaluate_choice_task(model, tokenizer, docs[task_name], cfg, desc)
         elif task["type"] == "rolling":
             metrics, records = evaluate_rolling_task(model, tokenizer, docs[task_name], cfg, desc)
+        elif task["type"] == "long_ppl":
+            metrics = evaluate_long_ppl(model, tokenizer, docs[task_name], task, cfg, desc)
         else:
             nll, n_tok = heldout_nll(model, heldout_batches(heldout, tokenizer, task.get("limit")), cfg.chunk, desc)
             metrics = {"ppl": perplexity(nll / n_tok), "nll": nll,
@@ -290,7 +293,7 @@ def run(cfg: DictConfig) -> dict:
     tasks = selected_tasks(cfg)
     device = resolve_device(cfg.get("device", "auto"))
     specs = model_specs(cfg, device)
-    docs = task_docs(tasks)  # rows do not depend on the model: loaded (and validated) once, before any model
+    docs = task_docs(tasks, cfg)  # rows do not depend on the model: loaded (and validated) once, before any model
     heldout = heldout_definitions(cfg, specs) if any(t["type"] == "heldout" for t in tasks.values()) else {}
     out_dir = output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -309,18 +312,33 @@ def run(cfg: DictConfig) -> dict:
             "heldout_data": {name: h.describe() for name, h in heldout.items()},
             "config": OmegaConf.to_container(cfg, resolve=False)}
     paths = write_report(results, out_dir, meta)
-    log_to_loggers(loggers, results, paths["chart"])
+    reports = task_reports(results, tasks, out_dir)
+    figures = {f"eval/{name}": p["chart"] for name, p in reports.items()}
+    log_to_loggers(loggers, results, paths["chart"], figures)
     print(f"\nkiwi eval: outputs in {out_dir}\n")
     print(markdown_table(results))
+    for name, report in reports.items():
+        print(f"{name} by position:\n{report['markdown'].read_text(encoding='utf-8')}")
     for name, held in heldout.items():
         print(f"heldout for {name}: {held.describe()}")
     return results
 
 
-def task_docs(tasks: dict[str, dict]) -> dict[str, list]:
-    """The rows of every task that has rows (not ``heldout``), each checked to fit its task type."""
-    docs = {name: load_docs(t) for name, t in tasks.items() if t["type"] != "heldout"}
+def task_reports(results: dict, tasks: dict[str, dict], out_dir: Path) -> dict[str, dict[str, Path]]:
+    """The tables and figure of every task that has its own (``long_ppl``), by task name."""
+    return {name: p for name, t in tasks.items() if t["type"] == "long_ppl"
+            if (p := write_long_ppl_report(results, out_dir, name))}
+
+
+def task_docs(tasks: dict[str, dict], cfg: DictConfig | None = None) -> dict[str, list]:
+    """The rows of every task that has rows (not ``heldout``), each checked to fit its task type;
+    ``long_ppl`` gets its candidate long documents (from its own files or the eval config's ``data``)."""
+    data_cfg = as_dict(cfg.get("data")) if cfg is not None and cfg.get("data") is not None else None
+    docs = {name: load_long_texts(t, data_cfg) for name, t in tasks.items() if t["type"] == "long_ppl"}
+    docs.update({name: load_docs(t) for name, t in tasks.items() if t["type"] not in ("heldout", "long_ppl")})
     for name, rows in docs.items():
+        if tasks[name]["type"] == "long_ppl":
+            continue
         kind = ChoiceDoc if tasks[name]["type"] == "multiple_choice" else TextDoc
         if not isinstance(rows[0], kind):
             raise TaskDataError(f"task {name!r}: format {tasks[name]['format']!r} does not fit type "
