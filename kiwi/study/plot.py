@@ -94,7 +94,7 @@ def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
         ax.set_ylabel("held-out perplexity (mean ± std over seeds)")
         ax.set_title(f"{title}: base at {regime}" + ("" if part == "all" else f" ({part})"), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="best" if marks else "upper right")  # never over a divergence mark
     return _save(fig, path)
 
 
