@@ -147,6 +147,9 @@ def reading(summary: Sequence[dict], regime: str) -> list[str]:
         out.append(("Mean differences smaller than that std (within the seed-to-seed spread of one run): "
                     + "; ".join(small) + ".") if small else
                    "Every mean difference is larger than that std.")
+    if bad := [f"{r['variant']} (lr {r['lr']:g}, seeds {r['diverged_seeds']})" for r in rows if r["diverged_seeds"]]:
+        out.append("Diverged (NaN/inf perplexity; no mean, no interval, nothing paired with it): "
+                   + "; ".join(bad) + ".")
     out.append("Established (95% interval excludes zero): " + ("; ".join(established) if established else
                                                               "nothing") + ".")
     out.append("Not established (interval includes zero): " + ("; ".join(open_) if open_ else "nothing") + ".")

@@ -4,21 +4,27 @@ counts, so the curves align), and the paired differences against both controls w
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 from kiwi.cli import is_lever
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
-from kiwi.study.table import groups
+from kiwi.study.stats import finite
+from kiwi.study.table import diverged, groups
 
 
-def mean_curve(jobs: Sequence[StudyJob]) -> list[tuple[int, float, float]]:
-    """(tokens, mean ppl, std ppl) at the token counts every seed validated at."""
+def mean_curve(jobs: Sequence[StudyJob]) -> list[tuple[int, float, float | None]]:
+    """(tokens, mean ppl, std ppl) at the token counts every seed validated at. Where a seed's perplexity is
+    NaN/inf (it diverged) the point is marked, not averaged: mean NaN (any NaN) or inf, std None."""
     common = set.intersection(*(set(dict(j.curve)) for j in jobs)) if jobs else set()
     out = []
     for t in sorted(common):
         values = [dict(j.curve)[t] for j in jobs]
+        if not all(finite(v) for v in values):
+            out.append((t, math.nan if any(math.isnan(v) for v in values) else math.inf, None))
+            continue
         out.append((t, statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0))
     return out
 
@@ -54,7 +60,7 @@ def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
     cmap = plt.get_cmap("tab20")
     variants = list(dict.fromkeys(key[1] for key in by))
     for ax, (regime, part) in zip(axes.flat, panels, strict=False):
-        values = []
+        values, marks = [], []
         for (reg, variant, lr), members in by.items():
             control = variant in (CONTROL_TOKENS, CONTROL_FLOPS)
             # the levers' reference (interleave_id) is in both panels
@@ -64,21 +70,31 @@ def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
             curve = mean_curve(members)
             if not curve:
                 continue
-            xs, ys, sd = zip(*curve, strict=True)
-            values += ys
             style = {CONTROL_TOKENS: dict(color="k", ls="--"), CONTROL_FLOPS: dict(color="k", ls=":")}.get(
                 variant, dict(color=cmap(variants.index(variant) % 20), ls="-"))
-            ax.plot(xs, ys, lw=1.6, marker="o", ms=3, label=f"{variant} (lr {lr:g}, {len(members)} seeds)",
-                    **style)
+            bad = sum(diverged(j) for j in members)
+            label = f"{variant} (lr {lr:g}, {len(members)} seeds" + (f", {bad} diverged)" if bad else ")")
+            marks += [(x, style["color"]) for x, y, _ in curve if not finite(y)]
+            curve = [p for p in curve if finite(p[1])]  # NaN/inf points: an x at the top edge instead
+            if not curve:
+                ax.plot([], [], lw=1.6, marker="x", label=label + ": no finite point", **style)
+                continue
+            xs, ys, sd = zip(*curve, strict=True)
+            values += ys
+            ax.plot(xs, ys, lw=1.6, marker="o", ms=3, label=label, **style)
             ax.fill_between(xs, [y - s for y, s in zip(ys, sd, strict=True)],
                             [y + s for y, s in zip(ys, sd, strict=True)], color=style["color"], alpha=0.15)
         if values and max(values) > 3 * min(values):
             ax.set_yscale("log")
+        if marks:
+            top = ax.get_ylim()[1]
+            ax.scatter([x for x, _ in marks], [top] * len(marks), marker="x", s=40, clip_on=False, zorder=5,
+                       c=[c for _, c in marks], label="NaN/inf perplexity (diverged)")
         ax.set_xlabel("extra training tokens")
         ax.set_ylabel("held-out perplexity (mean ± std over seeds)")
         ax.set_title(f"{title}: base at {regime}" + ("" if part == "all" else f" ({part})"), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="best" if marks else "upper right")  # never over a divergence mark
     return _save(fig, path)
 
 
@@ -106,7 +122,8 @@ def plot_differences(summary: Sequence[dict], path: str | Path) -> Path:
             label = "vs equal-token control" if k == 0 else "vs equal-FLOPs control"
             ax.errorbar(means, ys, xerr=[lows, highs], fmt="o", ms=4, capsize=2, color=color, label=label)
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(rows)), [r["variant"] for r in rows], fontsize=8)
+        ax.set_yticks(range(len(rows)), [r["variant"] + (" (diverged)" if r["diverged_seeds"] else "")
+                                         for r in rows], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("final held-out ppl vs control, % (mean, 95% interval over seeds)")
         ax.set_title(f"Paired differences: base at {regime}", fontsize=10)

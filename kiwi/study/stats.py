@@ -14,6 +14,11 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.045, 2.042)
 
 
+def finite(value: float | None) -> bool:
+    """A perplexity that can be averaged: present and neither NaN nor infinite (a diverged run's is not)."""
+    return value is not None and math.isfinite(value)
+
+
 def t975(df: int) -> float:
     if df < 1:
         raise ValueError(f"a t interval needs at least 2 seeds (df >= 1), got df={df}")

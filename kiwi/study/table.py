@@ -10,7 +10,7 @@ from pathlib import Path
 from kiwi import tables
 from kiwi.cli import OWN_LR_TAG
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
-from kiwi.study.stats import PairedDiff, paired_diff, summarize
+from kiwi.study.stats import PairedDiff, finite, paired_diff, summarize
 
 STRATEGY_ORDER = ("interleave", "solar", "stack", "llama_pro", "importance", "explicit", "none")
 # Step-0 perplexities this close (relative) to the base's count as "starts at the base".
@@ -93,25 +93,40 @@ def fmt_diff(d: PairedDiff | None) -> str:
     return f"{d.mean:+.2f}% [{d.low:+.2f}, {d.high:+.2f}]" + (" *" if d.excludes_zero else "")
 
 
+def diverged(job: StudyJob) -> bool:
+    """A seed whose final or any validation perplexity is NaN/inf (or missing): listed, never averaged."""
+    return not finite(job.ppl_end) or not all(finite(ppl) for _, ppl in job.curve)
+
+
+def seeds_cell(members: Sequence[StudyJob]) -> int | str:
+    """`3`, or `3 (1 diverged)`: every seed is counted, the diverged ones named as such."""
+    bad = sum(diverged(j) for j in members)
+    return f"{len(members)} ({bad} diverged)" if bad else len(members)
+
+
 def summary_rows(jobs: Sequence[StudyJob]) -> list[dict]:
     """Per (regime, variant, lr): mean ± std of the final ppl over seeds, and the paired difference
-    against each control of the same regime (and lr, per ``control_lr``; ``diffs`` keeps the PairedDiff objects)."""
-    finite = [j for j in jobs if j.ppl_end is not None and math.isfinite(j.ppl_end)]
-    by = groups(finite)
+    against each control of the same regime (and lr, per ``control_lr``; ``diffs`` keeps the PairedDiff objects).
+    Every job has its row; a variant with a diverged seed (or paired with a control that has one) gets no mean
+    and no interval, since summarising the survivors would hide the divergence and bias the result."""
+    by = groups(jobs)
     rows = []
     for (regime, variant, lr), members in by.items():
+        bad = [j.seed for j in members if diverged(j)]
+        s = None if bad else summarize([j.ppl_end for j in members])
         ends = {j.seed: j.ppl_end for j in members}
-        s = summarize(list(ends.values()))
         diffs = {}
         for ctrl in (CONTROL_TOKENS, CONTROL_FLOPS):
-            ref = by.get((regime, ctrl, control_lr(jobs, regime, ctrl, variant, lr)))  # n/a if it diverged
-            diffs[ctrl] = None if ref is None or ctrl == variant else paired_diff(ends, {j.seed: j.ppl_end
-                                                                                        for j in ref})
+            ref = by.get((regime, ctrl, control_lr(jobs, regime, ctrl, variant, lr)))
+            usable = ref is not None and ctrl != variant and not bad and not any(diverged(j) for j in ref)
+            diffs[ctrl] = paired_diff(ends, {j.seed: j.ppl_end for j in ref}) if usable else None
         rows.append({
-            "regime": regime, "variant": variant, "lr": lr, "seeds": s.n, "ppl_end_mean": s.mean,
-            "ppl_end_std": s.std, "vs_tokens_ctrl": fmt_diff(diffs[CONTROL_TOKENS]),
-            "vs_flops_ctrl": fmt_diff(diffs[CONTROL_FLOPS]), "tokens": members[0].tokens,
-            "train_flops": members[0].train_flops, "diffs": diffs,
+            "regime": regime, "variant": variant, "lr": lr, "seeds": seeds_cell(members),
+            "ppl_end_mean": s and s.mean, "ppl_end_std": s and s.std,
+            **{key: "n/a (diverged)" if bad and ctrl != variant else fmt_diff(diffs[ctrl])
+               for key, ctrl in (("vs_tokens_ctrl", CONTROL_TOKENS), ("vs_flops_ctrl", CONTROL_FLOPS))},
+            "tokens": members[0].tokens, "train_flops": members[0].train_flops, "diffs": diffs,
+            "diverged_seeds": bad,
         })
         for short, ctrl in (("vs_tokens", CONTROL_TOKENS), ("vs_flops", CONTROL_FLOPS)):
             d = diffs[ctrl]
