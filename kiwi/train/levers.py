@@ -114,6 +114,13 @@ def _pass_through(self, hidden_states, *args, **kwargs):
     return hidden_states
 
 
+def skipped_layers(model: torch.nn.Module) -> list[int]:
+    """Decoder layers that GrowInSteps skips now (not joined yet: their forward returns its input), which
+    a checkpoint records so that its model loads as it was trained (kiwi.model.io)."""
+    return [j for j, layer in enumerate(decoder_layers(model))
+            if getattr(layer.__dict__.get("forward"), "__func__", None) is _pass_through]
+
+
 class GrowInSteps(Callback):
     """Grow in ``stages`` steps instead of once: the plan's new layers (in depth order) join in ``stages``
     groups, group k at optimizer step round(k x max_steps / stages), group 0 from the start. Until it
