@@ -70,12 +70,14 @@ def test_a_checkpoint_before_the_second_stage_loads_and_exports_as_trained(grown
     assert json.loads((out / "layer_plan.json").read_text())["n_target"] == 8
 
 
-def test_evaluate_heldout_of_a_mid_growth_checkpoint_is_its_runs_val_ppl_at_that_step(grown_run, tmp_path):
+@pytest.mark.parametrize("step", [STEP, 2])  # 2: saved at the step the second stage joins, validated joined
+def test_evaluate_heldout_of_a_mid_growth_checkpoint_is_its_runs_val_ppl_at_that_step(grown_run, tmp_path, step):
     from kiwi.eval.run import run
 
-    run_dir, ckpt, _ = grown_run
+    run_dir = grown_run[0]
+    ckpt = run_dir / "checkpoints" / f"step{step:07d}.ckpt"
     curve = json.loads((run_dir / "perplexity_report.json").read_text())["val_curve"]
-    at_step = next(p["ppl"] for p in curve if p["step"] == STEP)
+    at_step = next(p["ppl"] for p in curve if p["step"] == step)
     results = run(compose("eval", ["compare_base=false", "evaluate_model=false", "run_tasks=[heldout]",
                                    "progress=false", f"checkpoints=[{ckpt}]"], output_dir=tmp_path / "eval"))
     (heldout,) = [r["heldout"] for r in results.values()]
