@@ -1,4 +1,4 @@
-"""Errors kiwi anticipates (config, data, hub, device).
+"""Errors kiwi anticipates (config, data, hub, device, checkpoint).
 
 The entry points print a ``KiwiError`` as one clear line (what failed, which option/file/row, what to do)
 without a traceback; unexpected exceptions keep theirs. Each subclass also derives from the builtin a caller
@@ -26,6 +26,10 @@ class HubError(KiwiError, OSError):
 
 class DeviceError(KiwiError, RuntimeError):
     """The requested accelerator or trainer does not fit this machine (names the option to change)."""
+
+
+class CheckpointError(KiwiError, ValueError):
+    """A checkpoint cannot be loaded as the model it was trained as (names the file and why)."""
 
 
 def worker_message(err: BaseException) -> str | None:

@@ -17,9 +17,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from kiwi.atomic import apply_umask, write_dir_atomically
+from kiwi.errors import CheckpointError
 from kiwi.hub import check_hub
 from kiwi.model.build import hub_error, resolve_attn, torch_dtype
-from kiwi.upscale import LayerPlan, write_plan_files
+from kiwi.upscale import LayerPlan, remove_layers, write_plan_files
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,36 @@ def load_training_checkpoint(path: str | Path, dtype: torch.dtype | None = torch
         raise ValueError(f"checkpoint {str(path)!r} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     model.tie_weights()
+    plan = LayerPlan.from_dict(meta["plan"])
+    skipped = skipped_in_training(ckpt, path)
+    if skipped:
+        plan = remove_layers(model, plan, skipped)
+        log.info("checkpoint %s: grow_in_steps layers %s had not joined at step %s (they returned their input); "
+                 "loaded without them, as trained: %d layers", path, skipped, ckpt.get("global_step"),
+                 plan.n_target)
     tok_dir = meta.get("tokenizer_dir")
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     except (OSError, TypeError) as err:
         raise OSError(f"checkpoint {str(path)!r}: cannot load its tokenizer from {tok_dir!r}: {err}") from err
-    return model.eval(), tokenizer, LayerPlan.from_dict(meta["plan"])
+    return model.eval(), tokenizer, plan
+
+
+def skipped_in_training(ckpt: dict, path: Path) -> list[int]:
+    """The layers the run skipped when ``ckpt`` was saved (grow_in_steps stages not joined yet). A checkpoint
+    of an older kiwi does not say; one saved mid-growth by it is refused rather than loaded with every layer."""
+    meta = ckpt["kiwi"]
+    if "skipped_layers" in meta:
+        return [int(j) for j in meta["skipped_layers"]]
+    growth = next((v for k, v in (ckpt.get("callbacks") or {}).items() if str(k).startswith("GrowInSteps")), None)
+    step, total = ckpt.get("global_step"), (ckpt.get("hyper_parameters") or {}).get("total_steps")
+    if growth is not None and step is not None and total is not None and step < total:
+        joined = sorted(int(k) for k in growth.get("joined_at", {}) or growth.get("grown", []))
+        raise CheckpointError(f"checkpoint {str(path)!r}: saved at step {step} of {total} while growing in steps "
+                              f"(grow_in_steps stages joined: {joined}) by an older kiwi that did not record which "
+                              "layers were still skipped, so it cannot be loaded as trained; use a checkpoint from "
+                              "the end of the run or one written by this kiwi")
+    return []
 
 
 def export_hf(model, tokenizer, plan, out_dir: str | Path, base_model: str = "base") -> Path:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 
+from kiwi.cli import report_errors
 from kiwi.model.io import export_checkpoint
 
 
+@report_errors  # a KiwiError (e.g. a checkpoint that cannot be loaded as trained) ends in one line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="Lightning .ckpt file or DeepSpeed checkpoint directory")

@@ -114,13 +114,22 @@ def _pass_through(self, hidden_states, *args, **kwargs):
     return hidden_states
 
 
+def skipped_layers(model: torch.nn.Module) -> list[int]:
+    """Decoder layers that GrowInSteps skips now (not joined yet: their forward returns its input), which
+    a checkpoint records so that its model loads as it was trained (kiwi.model.io)."""
+    return [j for j, layer in enumerate(decoder_layers(model))
+            if getattr(layer.__dict__.get("forward"), "__func__", None) is _pass_through]
+
+
 class GrowInSteps(Callback):
     """Grow in ``stages`` steps instead of once: the plan's new layers (in depth order) join in ``stages``
     groups, group k at optimizer step round(k x max_steps / stages), group 0 from the start. Until it
     joins, a new layer is skipped (its forward returns its input: no FLOPs, no gradient, no optimizer
     state). When it joins it is copied again from the *current* weights of the layer it duplicates (that
     base layer's first copy), with identity_init re-applied, so the model grows from what it has learned
-    since the last growth rather than from the base. Single process only (DDP would see unused parameters)."""
+    since the last growth rather than from the base. Single process only (DDP would see unused parameters).
+    Checkpoints record the layers still skipped (``skipped_layers``), so evaluate.py and the export load a
+    mid-growth checkpoint as it was trained: without them (kiwi.model.io)."""
 
     def __init__(self, stages: int = 2):
         if int(stages) < 2:
@@ -159,6 +168,11 @@ class GrowInSteps(Callback):
         self._sync(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # A stage joins as soon as its step is reached (the same weights as at the next batch's start), so a
+        # checkpoint of that step (ModelCheckpoint runs after this) holds the model its validation scores.
         self._sync(trainer, pl_module)
 
     def on_validation_start(self, trainer, pl_module) -> None:

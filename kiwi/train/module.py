@@ -20,7 +20,7 @@ from kiwi.errors import ConfigError, KiwiError
 from kiwi.model.build import BuiltModel, as_dict, build_model
 from kiwi.model.checkpointing import apply_activation_checkpointing
 from kiwi.model.loss import DEFAULT_CHUNK, lm_nll, lm_nll_and_kl, perplexity
-from kiwi.train.levers import distill_settings, split_copied
+from kiwi.train.levers import distill_settings, skipped_layers, split_copied
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +241,11 @@ class KiwiLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild the architecture without the base weights (kiwi.model.io).
+        # Enough to rebuild the architecture without the base weights (kiwi.model.io), and the model as it
+        # computes now: grow_in_steps layers that have not joined yet are skipped (identity) until they do.
         checkpoint["kiwi"] = {"hf_config": self.model.config.to_dict(), "plan": self.plan.to_dict(),
-                              "tokenizer_dir": getattr(self.tokenizer, "name_or_path", None)}
+                              "tokenizer_dir": getattr(self.tokenizer, "name_or_path", None),
+                              "skipped_layers": skipped_layers(self.model)}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -8,6 +8,7 @@ the source model is never modified.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -145,6 +146,38 @@ def upscale(model: nn.Module, plan: LayerPlan, *, consume_source: bool = False) 
         new.generation_config = copy.deepcopy(model.generation_config)
     new.train(model.training)
     return new
+
+
+def remove_layers(model: nn.Module, plan: LayerPlan, slots: Iterable[int]) -> LayerPlan:
+    """Remove target layers ``slots`` from ``model`` in place (decoder stack, per-layer config fields,
+    attention layer indices) and return the plan of the layers kept. A model in which those layers returned
+    their input (kiwi.train.levers.GrowInSteps before they join) computes the same function without them,
+    and is then a plain HF model of that depth. The kept plan records the removed slots (``not_joined``)."""
+    layers = decoder_layers(model)
+    drop = sorted({int(j) for j in slots})
+    if len(layers) != plan.n_target or any(not 0 <= j < plan.n_target for j in drop):
+        raise ValueError(f"remove_layers: slots {drop} of a {len(layers)}-layer model, plan.n_target={plan.n_target}")
+    keep = [j for j in range(plan.n_target) if j not in drop]
+    if not keep:
+        raise ValueError("remove_layers: no layer would be left")
+    config = model.config
+    types = list(getattr(config, "layer_types", None) or [])
+    for j in reversed(drop):
+        del layers[j]  # ModuleList renumbers the rest, so the state dict names follow
+    config.num_hidden_layers = len(keep)
+    if types:
+        config.layer_types = [types[j] for j in keep]
+    if hasattr(config, "max_window_layers"):  # as in upscaled_config: explicit layer_types stay authoritative
+        config.max_window_layers = sum(1 for j in keep if j < config.max_window_layers)
+    for j, layer in enumerate(layers):
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = j  # its slot in a KV cache
+    kept = LayerPlan(strategy=plan.strategy, n_source=plan.n_source, sources=[plan.sources[j] for j in keep],
+                     identity_init=[plan.identity_init[j] for j in keep], trainable=plan.trainable,
+                     options={**plan.options, "not_joined": drop})
+    setattr(config, PLAN_CONFIG_KEY, kept.to_dict())
+    return kept
 
 
 def apply_trainable(model: nn.Module, plan: LayerPlan, mode: str | None = None) -> int:

@@ -195,13 +195,14 @@ def test_grow_in_steps_skips_the_late_layer_then_copies_it_from_its_trained_orig
     snaps, at_growth = _Snapshots(), _AtGrowth(late, original, step=2)
     _fit_growing(model, plan, 4, snaps=[at_growth, snaps])
     prefix = f"model.layers.{late}."
+    joined, orig = at_growth.seen
     for step, snap in enumerate(snaps.after_step):
         late_now = {n[len(prefix):]: t for n, t in snap.items() if n.startswith(prefix)}
-        moved = [n for n in late_now if not torch.equal(late_now[n], start[n])]
-        assert (moved == []) == (step < 2), (step, moved[:3])  # skipped for the first 2 of 4 steps
+        # skipped for the first 2 of 4 steps: untouched after step 1; joined (copied) at the end of step 2
+        moved = [n for n in late_now if not torch.equal(late_now[n], start[n] if step < 1 else joined[n])]
+        assert (moved == []) == (step < 2), (step, moved[:3])
     # when it joined it held its original's weights after 2 steps of training (not the base's), with its
     # residual branch zeroed again (identity_init): a no-op at the moment it joins
-    joined, orig = at_growth.seen
     assert not torch.equal(orig["mlp.gate_proj.weight"], start["mlp.gate_proj.weight"])
     for name, tensor in joined.items():
         zeroed = name.startswith(("self_attn.o_proj", "mlp.down_proj"))

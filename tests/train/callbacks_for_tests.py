@@ -211,3 +211,25 @@ class RecordRank(L.Callback):
         if self.weights:
             state["weights"] = self._params(pl_module)
         torch.save(state, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
+
+
+class LogitsAtStep(L.Callback):
+    """Save the training module's logits on ``input_ids`` right after optimizer step ``step``, as the run
+    computes them then (a grow-in-steps run with its not-yet-joined layers skipped), to compare the model a
+    checkpoint of that step loads as against."""
+
+    def __init__(self, step: int, input_ids: list[int], out: str):
+        self.step, self.input_ids, self.out = step, list(input_ids), out
+        self.done = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.done or trainer.global_step != self.step:
+            return
+        self.done = True
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = model(torch.tensor([self.input_ids], device=pl_module.device)).logits
+        model.train(was_training)
+        torch.save(logits.cpu(), self.out)

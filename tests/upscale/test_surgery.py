@@ -215,3 +215,34 @@ def test_consume_source_moves_first_copies_and_matches_copy_mode():
         shares = layer.mlp.up_proj.weight.data_ptr() in src_ptrs
         assert shares == (j in first), f"layer {j}"
     assert moved.lm_head.weight is moved.model.embed_tokens.weight
+
+
+def test_removing_skipped_layers_keeps_the_function_per_layer_fields_and_kv_cache(make_tiny_model, tmp_path):
+    """A model whose layers 2 and 5 return their input (grow_in_steps before they join) computes the same
+    with them removed, sliding-window layer types and KV-cache slots included, and saves as a plain model."""
+    from kiwi.upscale import remove_layers
+
+    model = make_tiny_model(4, seed=3, initializer_range=0.3, use_sliding_window=True, sliding_window=4,
+                            max_window_layers=2)
+    plan = make_plan("interleave", 4, 7)  # plain copies: every layer matters
+    skipping = upscale(model, plan)
+    removed = upscale(model, plan)
+    types = list(skipping.config.layer_types)
+    for j in (2, 5):
+        skipping.model.layers[j].forward = lambda hidden_states, *args, **kwargs: hidden_states
+    kept = remove_layers(removed, plan, [5, 2])
+    assert kept.sources == tuple(plan.sources[j] for j in (0, 1, 3, 4, 6)) and kept.options["not_joined"] == [2, 5]
+    assert removed.config.num_hidden_layers == 5 and removed.config.layer_types == [types[j] for j in (0, 1, 3, 4, 6)]
+    assert [layer.self_attn.layer_idx for layer in removed.model.layers] == list(range(5))
+    ids = torch.randint(0, 300, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(removed(ids).logits, skipping(ids).logits)
+        assert not torch.allclose(removed(ids).logits, upscale(model, plan)(ids).logits, atol=1e-3)
+    removed.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert LayerPlan.from_dict(again.config.kiwi_layer_plan) == kept
+    cached = again.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True,
+                            attention_mask=torch.ones_like(ids), pad_token_id=0)
+    assert torch.equal(cached, _greedy_no_cache(skipping, ids, 8))
+    with pytest.raises(ValueError, match="remove_layers: slots"):
+        remove_layers(again, kept, [9])
