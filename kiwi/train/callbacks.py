@@ -109,7 +109,12 @@ class TokensProgressBar(TQDMProgressBar):
 
 
 class RunInterrupted(KiwiError, RuntimeError):
-    """A run stopped by SIGTERM or SIGINT."""
+    """A run stopped by SIGTERM or SIGINT; the process exits with 128 + the signal (143, 130) as a shell's
+    child killed by it would, so schedulers and scripts see an interruption, not a failure."""
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum) if signum is not None else 1
 
 
 class CheckpointOnSignal(L.Callback):
@@ -154,7 +159,7 @@ class CheckpointOnSignal(L.Callback):
         ckpt = self._checkpoint()
         if ckpt is not None and ckpt.last_model_path and Path(ckpt.last_model_path).exists():
             saved = f"; last checkpoint {ckpt.last_model_path} (resume with ckpt_path=<it>)"
-        return RunInterrupted(f"interrupted by {name} {where}{saved}")
+        return RunInterrupted(f"interrupted by {name} {where}{saved}", self.received)
 
     def _handler(self, signum, frame):
         if self.received is not None:  # the second signal: stop now, whatever is in flight
