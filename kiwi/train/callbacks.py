@@ -94,7 +94,20 @@ class ThroughputMonitor(L.Callback):
 
 
 class TokensProgressBar(TQDMProgressBar):
-    """The usual bar, with tokens/s and tokens seen next to the loss."""
+    """The usual bar, with tokens/s and tokens seen next to the loss; a resumed run's bar continues its
+    epoch (``Epoch 0: 25/40``) rather than starting an open-ended ``Training: 25/?``."""
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if done == 0:  # a fresh epoch: on_train_epoch_start sets the bar up
+            return
+        # Resumed mid-epoch: Lightning skips on_train_epoch_start, so the bar has no total nor epoch.
+        bar = self.train_progress_bar
+        remaining = self.total_train_batches  # min(batches left in the epoch, steps left)
+        bar.reset(total=None if remaining == float("inf") else done + int(remaining))
+        bar.initial = bar.n = done  # the rate counts this run's batches only
+        bar.set_description(f"Epoch {trainer.current_epoch}")
 
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)
@@ -106,6 +119,18 @@ class TokensProgressBar(TQDMProgressBar):
         if seen is not None:
             items["tokens"] = f"{float(seen):.3g}"
         return items
+
+
+def end_progress_bars(trainer) -> None:
+    """Close the trainer's progress bars and draw no more: after a stop message nothing redraws a bar line."""
+    bar = getattr(trainer, "progress_bar_callback", None)
+    if bar is None:
+        return
+    for name in ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar"):
+        tq = getattr(bar, name, None)
+        if tq is not None:
+            tq.close()  # ends its line (a training bar stays, as at a normal end); later updates are no-ops
+    bar.disable()  # bars opened from now on (the validation Lightning starts at a stop) draw nothing
 
 
 class RunInterrupted(KiwiError, RuntimeError):
@@ -166,6 +191,7 @@ class CheckpointOnSignal(L.Callback):
             log.warning("received %s again: stopping immediately", signal.Signals(signum).name)
             raise self.error()  # ModelCheckpoint saves nothing if a step was cut short
         self.received = signum
+        end_progress_bars(self._trainer)
         ckpt = self._checkpoint()
         if self._in_step or self.distributed or (ckpt is not None and not ckpt.consistent):
             log.warning("received %s: will checkpoint after this step and stop (send it again to stop now)",
