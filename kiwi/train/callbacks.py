@@ -97,16 +97,25 @@ class TokensProgressBar(TQDMProgressBar):
     """The usual bar, with tokens/s and tokens seen next to the loss; a resumed run's bar continues its
     epoch (``Epoch 0: 25/40``) rather than starting an open-ended ``Training: 25/?``."""
 
+    _epoch_set_up = False
+
+    def on_train_epoch_start(self, trainer, *args):
+        super().on_train_epoch_start(trainer, *args)
+        self._epoch_set_up = True
+
     def on_train_start(self, trainer, pl_module):
         super().on_train_start(trainer, pl_module)
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        if done == 0:  # a fresh epoch: on_train_epoch_start sets the bar up
+        self._epoch_set_up = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._epoch_set_up:
             return
-        # Resumed mid-epoch: Lightning skips on_train_epoch_start, so the bar has no total nor epoch.
-        bar = self.train_progress_bar
-        remaining = self.total_train_batches  # min(batches left in the epoch, steps left)
-        bar.reset(total=None if remaining == float("inf") else done + int(remaining))
-        bar.initial = bar.n = done  # the rate counts this run's batches only
+        # Resumed mid-epoch: Lightning skips on_train_epoch_start, so the bar has neither total nor epoch;
+        # batch_idx batches of this epoch are done, total_train_batches is what is left of it.
+        self._epoch_set_up = True
+        bar, remaining = self.train_progress_bar, self.total_train_batches
+        bar.reset(total=None if remaining == float("inf") else batch_idx + int(remaining))
+        bar.initial = bar.n = batch_idx  # the rate counts this run's batches only
         bar.set_description(f"Epoch {trainer.current_epoch}")
 
     def get_metrics(self, trainer, pl_module):
