@@ -211,3 +211,14 @@ class RecordRank(L.Callback):
         if self.weights:
             state["weights"] = self._params(pl_module)
         torch.save(state, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
+
+
+class RaiseAtStep(L.Callback):
+    """An unexpected exception (a bug, not a KiwiError) after optimizer step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise ZeroDivisionError(f"a bug at step {self.step}")
