@@ -14,7 +14,10 @@ from kiwi.cli import CONF_DIR, log_through_root, normalize_overrides, report_err
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 @report_errors  # a KiwiError ends in one line, not a traceback
 def main(cfg: DictConfig) -> None:
-    from kiwi.eval.run import run  # heavy (torch, transformers): lazy, so --help and --cfg answer at once
+    from kiwi.eval.preflight import check_eval_config
+
+    check_eval_config(cfg)  # every option that needs no weights, in a second: before torch and any model
+    from kiwi.eval.run import run  # heavy (torch, transformers): lazy, so --help, --cfg and bad options answer at once
 
     log_through_root()
     run(cfg)

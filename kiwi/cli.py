@@ -18,6 +18,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -140,7 +141,6 @@ _register_resolvers()
 def validate_trainer(tc: DictConfig) -> None:
     """The trainer values Lightning would reject only after the model is built, and a GPU trainer on a
     machine without one (Lightning says only "No supported gpu backend found!")."""
-    import torch  # heavy: lazy, so that train.py/evaluate.py --help and --cfg answer at once
 
     def integer(key: str, minimum: int, allowed: tuple = ()) -> None:
         value = tc.get(key)
@@ -166,9 +166,15 @@ def validate_trainer(tc: DictConfig) -> None:
     clip = tc.get("gradient_clip_val")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
         raise ConfigError(f"trainer.gradient_clip_val: expected a number >= 0 or null, got {clip!r}")
-    if str(tc.get("accelerator", "auto")) in ("gpu", "cuda") and not torch.cuda.is_available():
+    if str(tc.get("accelerator", "auto")) in ("gpu", "cuda") and not _cuda_available():
         raise DeviceError("trainer: this trainer needs a CUDA GPU (trainer.accelerator=gpu) and none is available "
                           "on this machine; use trainer=cpu (e.g. `python train.py experiment=quickstart`)")
+
+
+def _cuda_available() -> bool:
+    import torch  # heavy: lazy, so that a CPU run's config checks answer at once
+
+    return torch.cuda.is_available()
 
 
 def compose_option(group: str, option: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -229,8 +235,39 @@ def error_line(err: BaseException) -> str:
     return " ".join((worker_message(err) or str(err)).split())
 
 
+# The file a run's output directory gets when the run did not finish, holding its one-line reason: a
+# failure (an anticipated error or an unexpected exception), or a stop by SIGTERM/SIGINT (resumable).
+FAILED, INTERRUPTED = "FAILED", "INTERRUPTED"
+
+
+def run_dirs(cfg: Any = None) -> list[Path]:
+    """The existing directories of this job: ``paths.output_dir`` (checkpoints, W&B) and Hydra's job dir."""
+    dirs = []
+    if isinstance(cfg, DictConfig):
+        dirs.append(OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False))
+    if HydraConfig.initialized():
+        dirs.append(HydraConfig.get().runtime.output_dir)
+    out = []
+    for d in dirs:
+        if d and Path(d).is_dir() and Path(d).resolve() not in [o.resolve() for o in out]:
+            out.append(Path(d))
+    return out
+
+
+def mark_run(dirs: Sequence[Path], status: str | None, reason: str = "") -> None:
+    """Write ``status`` (FAILED / INTERRUPTED) with its reason into each dir; ``None`` clears both (a
+    rerun into the same directory starts unmarked)."""
+    for d in dirs:
+        for name in (FAILED, INTERRUPTED):
+            (d / name).unlink(missing_ok=True)
+        if status is not None:
+            (d / status).write_text(reason + "\n", encoding="utf-8")
+
+
 def report_errors(task: Callable) -> Callable:
-    """Wrap a Hydra task function: a ``KiwiError`` ends the process with one line on stderr and exit code 1.
+    """Wrap a Hydra task function: a ``KiwiError`` ends the process with one line on stderr and its
+    ``exit_code`` (1; 130 / 143 for SIGINT / SIGTERM); the run's directory gets a FAILED (or INTERRUPTED)
+    file with that line, as it does for an unexpected exception.
 
     Hydra catches exceptions inside the task function and prints a stripped traceback, so the error is
     handled here, before Hydra sees it; ``SystemExit`` passes through Hydra in single runs and multiruns
@@ -239,12 +276,15 @@ def report_errors(task: Callable) -> Callable:
 
     @functools.wraps(task)
     def wrapped(*args, **kwargs):
+        dirs = run_dirs(args[0] if args else kwargs.get("cfg"))
+        mark_run(dirs, None)
         try:
             return task(*args, **kwargs)
         except KiwiError as err:
+            line = f"kiwi: error: {error_line(err)}"
+            mark_run(dirs, INTERRUPTED if err.exit_code > 128 else FAILED, line)
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            line = f"kiwi: error: {error_line(err)}"
             record = logging.LogRecord("kiwi", logging.ERROR, __file__, 0, line, None, None)
             for handler in logging.getLogger().handlers:  # the job's log file keeps the reason too
                 if isinstance(handler, logging.FileHandler):
@@ -252,7 +292,13 @@ def report_errors(task: Callable) -> Callable:
             sys.stdout.flush()
             print(f"{line}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
             sys.stderr.flush()
-            raise SystemExit(1) from None
+            raise SystemExit(err.exit_code) from None
+        except KeyboardInterrupt:  # SIGINT before kiwi's handler is installed
+            mark_run(dirs, INTERRUPTED, "interrupted by SIGINT")
+            raise
+        except Exception as err:
+            mark_run(dirs, FAILED, f"{type(err).__name__}: {' '.join(str(err).split())}"[:2000])
+            raise
 
     return wrapped
 

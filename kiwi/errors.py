@@ -9,7 +9,9 @@ from __future__ import annotations
 
 
 class KiwiError(Exception):
-    """A failure the user can fix; the message alone must say how."""
+    """A failure the user can fix; the message alone must say how. ``exit_code``: the process's exit status."""
+
+    exit_code = 1
 
 
 class ConfigError(KiwiError, ValueError):

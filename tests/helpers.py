@@ -1,8 +1,13 @@
 """Helpers for tests: compose shipped configs like the entry points do; find development data; the one
-tiny-Qwen2 factory and the committed tiny tokenizer."""
+tiny-Qwen2 factory and the committed tiny tokenizer; processes that never outlive their test."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -82,3 +87,32 @@ def requires_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (../shared holds development data, not shipped with kiwi)")
     return path
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group ``proc`` leads (started with ``start_new_session=True``): it and any
+    dataloader worker or child it left behind; then reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def process_group(args: Sequence[str], **popen) -> Iterator[subprocess.Popen]:
+    """``Popen(args)`` in its own process group (text, stdout/stderr piped unless given), killed as a group
+    when the block ends, whether the test passed, failed, timed out or was interrupted."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    proc = subprocess.Popen(list(args), start_new_session=True, **popen)
+    try:
+        yield proc
+    finally:
+        kill_group(proc)
+
+
+def run_in_group(args: Sequence[str], timeout: float, **popen) -> subprocess.CompletedProcess:
+    """Run ``args`` to completion in its own process group (see ``process_group``), like ``subprocess.run``
+    with ``capture_output=True, text=True``; a timeout kills the whole group and raises."""
+    with process_group(args, **popen) as proc:
+        out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(list(args), proc.returncode, out, err)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch
 
 from kiwi.cli import ROOT_DIR, error_line, report_errors
 from kiwi.errors import ConfigError, DataError, DeviceError, KiwiError
+from tests.helpers import run_in_group
 
 ERROR = "kiwi: error: "
 
@@ -28,8 +30,7 @@ def _run(script: str, args: list[str], kiwi_cache: Path, tmp_path: Path, timeout
     env = {k: v for k, v in env.items() if v is not None}  # None: unset it
     run_dir = [f"hydra.sweep.dir={tmp_path / 'sweep'}"] if "-m" in args else [f"hydra.run.dir={tmp_path / 'run'}"]
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, script, *args, *run_dir], cwd=ROOT_DIR, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = run_in_group([sys.executable, script, *args, *run_dir], timeout, cwd=ROOT_DIR, env=env)
     return proc, time.monotonic() - start
 
 
@@ -169,3 +170,78 @@ def test_report_errors_prints_one_line_and_keeps_unexpected_tracebacks(capsys, m
     assert err.count("\n") == 1 and err.startswith(f"{ERROR}trainer.max_steps: expected an integer >= 1, got -5")
     with pytest.raises(ZeroDivisionError):
         unexpected()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Options checked before any model, data or logger starts (issue 21): one line, in seconds, nothing built.
+
+
+def _truncated_checkpoint(path: Path) -> Path:
+    """A real torch checkpoint (the zip archive Lightning writes) cut in half, as a full disk or an
+    interrupted copy leaves it."""
+    whole = path.with_name("whole.ckpt")
+    torch.save({"state_dict": {"w": torch.arange(4096.0)}, "global_step": 3}, whole)
+    assert zipfile.is_zipfile(whole)
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return path
+
+
+def _empty_jsonl(path: Path) -> Path:
+    path.write_text("")
+    return path
+
+
+EARLY_ERRORS = {  # id: (script, overrides given tmp_path, what the line must name)
+    "n_target_below_base": ("train.py", lambda t: ["experiment=quickstart", "model.layer_selection.n_target=4"],
+                            ["model.layer_selection", "n_target=4 < n_source=6"]),
+    "missing_data_file": ("train.py", lambda t: ["experiment=quickstart", "data=local",
+                                                  f"data.source.files=[{t / 'nope.jsonl'}]"],
+                          ["data.source.files", "file not found", "nope.jsonl"]),
+    "empty_jsonl": ("train.py", lambda t: ["experiment=quickstart", "data=local",
+                                            f"data.source.files=[{_empty_jsonl(t / 'empty.jsonl')}]"],
+                    ["empty.jsonl", "holds no documents"]),
+    "corrupt_resume_checkpoint": ("train.py", lambda t: ["experiment=quickstart",
+                                                          f"ckpt_path={_truncated_checkpoint(t / 'cut.ckpt')}"],
+                                  ["ckpt_path", "cut.ckpt", "truncated or corrupt"]),
+    "evaluate_corrupt_checkpoint": ("evaluate.py", lambda t: ["model=tiny", "run_tasks=[heldout]", "data=corpus",
+                                                              f"checkpoints=[{_truncated_checkpoint(t / 'cut.ckpt')}]"],
+                                    ["checkpoints[0]", "cut.ckpt", "truncated or corrupt"]),
+    "evaluate_n_target_below_base": ("evaluate.py", lambda t: ["model=tiny", "model.layer_selection.n_target=4",
+                                                               "run_tasks=[heldout]", "data=corpus"],
+                                     ["model.layer_selection", "n_target=4 < n_source=6"]),
+}
+
+
+@pytest.mark.parametrize("case", list(EARLY_ERRORS))
+def test_option_error_is_one_line_before_anything_starts(tmp_path, kiwi_cache, case):
+    """The whole output is the one error line, within 5 s (about 1 s: torch is not even imported), with the
+    default W&B logger configured; the run dir holds the log and a FAILED file with that line, and nothing a
+    model, the data or a logger would have written (layer plan, checkpoints, W&B)."""
+    script, overrides, needles = EARLY_ERRORS[case]
+    proc, seconds = _run(script, overrides(tmp_path), kiwi_cache, tmp_path)
+    line = assert_one_line(proc, *needles)
+    assert proc.returncode == 1
+    assert proc.stdout == "" and proc.stderr.splitlines() == [line]
+    assert seconds < 5, f"{seconds:.1f} s"
+    run_dir = tmp_path / "run"
+    assert (run_dir / "FAILED").read_text() == line.removesuffix("  (HYDRA_FULL_ERROR=1 shows the traceback)") + "\n"
+    left = sorted(p.name for p in run_dir.iterdir())
+    assert not {"checkpoints", "wandb", "csv", "layer_plan.json", "hf_model"} & set(left), left
+
+
+def test_option_error_full_traceback_on_request(tmp_path, kiwi_cache):
+    proc, _ = _run("train.py", ["experiment=quickstart", "model.layer_selection.n_target=4"], kiwi_cache,
+                   tmp_path, HYDRA_FULL_ERROR="1")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "kiwi.errors.ConfigError: model.layer_selection" in proc.stderr
+
+
+@pytest.mark.slow
+def test_unexpected_exception_marks_the_run_failed(tmp_path, kiwi_cache):
+    """A bug (not a KiwiError) keeps its traceback, and the run dir says the run failed and why."""
+    proc, _ = _run("train.py", ["experiment=quickstart", "logger=none", "validate_before=false", "export_hf=false",
+                                "data.seq_len=128", "data.batch_size=2", "data.val_documents=2",
+                                "+callbacks.boom._target_=tests.train.callbacks_for_tests.RaiseAtStep",
+                                "+callbacks.boom.step=1"], kiwi_cache, tmp_path, PYTHONPATH=str(ROOT_DIR))
+    assert proc.returncode == 1 and "Traceback" in proc.stderr, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "FAILED").read_text() == "ZeroDivisionError: a bug at step 1\n"

@@ -28,7 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from kiwi.data.accumulation import AccumulationGroups
-from kiwi.data.packed_dataset import STATE_KEY, PackedDataset, check_documents, dist_rank_world
+from kiwi.data.document_check import check_documents
+from kiwi.data.packed_dataset import STATE_KEY, PackedDataset, dist_rank_world
 from kiwi.data.sources import build_source
 from kiwi.errors import ConfigError
 

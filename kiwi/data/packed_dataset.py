@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from kiwi.data.document_check import usable
 from kiwi.data.packing import buffer_shuffle, pack_documents
 from kiwi.data.sources import DocumentSource, FileSource, Selection, SourceStats
 from kiwi.errors import DataError, worker_message
@@ -62,72 +63,6 @@ def unwrap_worker_error(error: DataError) -> DataError:
     whole traceback as its message, which would bury the one line that names the file and line."""
     message = worker_message(error)
     return error if message is None else DataError(message)
-
-
-def usable(text: str | None) -> bool:
-    """A record that becomes a document: not skipped as bad (``None``) and not blank."""
-    return text is not None and bool(text.strip())
-
-
-def check_documents(
-    source: DocumentSource,
-    held_out: int,
-    end: int | None = None,
-    n_streams: int = 1,
-    world_size: int = 1,
-    train: bool = True,
-) -> None:
-    """Fail fast, naming the source and the reason, instead of training on nothing (an endless loop of
-    empty epochs, or a rank that waits forever on the others): an empty source, every record skipped,
-    ``data.val_documents`` >= the number of documents, or a stream (rank x worker) with no training document.
-
-    Reads records in order only until every stream has one training document, so on real data it costs
-    ``held_out + n_streams`` records; it reads everything only when something is wrong. ``train=False``
-    checks just the held-out set (evaluation)."""
-    if not train and not held_out:
-        return
-    stats = SourceStats()
-    n_records, n_held_out, covered = 0, 0, set()
-    for index, text in source.records(Selection(stop=end), stats):
-        n_records = index + 1
-        if usable(text):
-            if index < held_out:
-                n_held_out += 1
-            else:
-                covered.add(index % n_streams)
-        elif text is not None:
-            stats.add("empty_documents")
-        if (n_held_out or not held_out) and (not train or len(covered) == n_streams):
-            return
-    what = source.describe()
-    skipped = f" (not usable: {dict(stats.counts)})" if stats.counts else ""
-    if n_records == 0:
-        raise DataError(f"data: {what} holds no documents (empty file?); point data.source at a non-empty corpus")
-    if held_out and not n_held_out:
-        raise DataError(
-            f"data: {what}: none of the {min(n_records, held_out)} held-out records (data.val_documents="
-            f"{held_out}) is a usable document{skipped}; fix the data or set data.on_error=raise to see why"
-        )
-    if not train:
-        return
-    if n_records <= held_out:
-        raise DataError(
-            f"data: {what} holds {n_records} documents and data.val_documents={held_out} holds out the first "
-            f"{held_out}: nothing is left to train on; lower data.val_documents or add data"
-        )
-    n_train = n_records - held_out
-    if not covered:
-        raise DataError(
-            f"data: {what}: none of the {n_train} training records is a usable document{skipped}; fix the data "
-            "(data.on_error=raise names the first bad record)"
-        )
-    missing = min(set(range(n_streams)) - covered)
-    workers = n_streams // world_size
-    raise DataError(
-        f"data: {what}: {n_train} training records for {n_streams} streams ({world_size} ranks x {workers} "
-        f"dataloader workers); rank {missing // workers} worker {missing % workers} would get no training "
-        f"document{skipped}; use fewer devices or data.num_workers, or more data"
-    )
 
 
 def cut_tokens(docs: Iterator[np.ndarray], max_tokens: int) -> Iterator[np.ndarray]:

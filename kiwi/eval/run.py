@@ -30,6 +30,7 @@ from kiwi.eval.heldout import HeldoutData, heldout_batches, heldout_definitions
 from kiwi.eval.long_ppl import evaluate_long_ppl, load_long_texts, write_long_ppl_report
 from kiwi.eval.metrics import choice_metrics, choice_records, rolling_metrics, rolling_records
 from kiwi.eval.perplexity import heldout_nll, score_documents
+from kiwi.eval.preflight import check_eval_config, checkpoint_entry
 from kiwi.eval.report import log_to_loggers, markdown_table, write_report
 from kiwi.eval.tasks import TARGET_DELIMITER, ChoiceDoc, TaskDataError, TextDoc, load_docs
 from kiwi.model.build import as_dict, build_model
@@ -119,7 +120,7 @@ def model_specs(cfg: DictConfig, device: str) -> list[ModelSpec]:
             entry = {k: v for k, v in as_dict(entry).items() if k != "name"}
         ls = _strategy_cfg(entry, model_cfg)
         add_built(name or f"{setting_name(ls)}@step0", ls)
-    entries = [_checkpoint_entry(i, e) for i, e in enumerate(cfg.get("checkpoints") or [])]
+    entries = [checkpoint_entry(i, e) for i, e in enumerate(cfg.get("checkpoints") or [])]
     for (_, path), name in zip(entries, checkpoint_names(entries, reserved=built), strict=True):
 
         def load(path=path):
@@ -133,17 +134,6 @@ def model_specs(cfg: DictConfig, device: str) -> list[ModelSpec]:
     if not specs:
         raise ConfigError("nothing to evaluate: enable evaluate_model / compare_base or list checkpoints")
     return specs
-
-
-def _checkpoint_entry(i: int, entry: Any) -> tuple[str | None, str]:
-    """(explicit name or None, path) of one ``checkpoints`` entry: a path or ``{name: ..., path: ...}``."""
-    if not isinstance(entry, Mapping):
-        return None, str(entry)
-    entry = as_dict(entry)
-    unknown = set(entry) - {"name", "path"}
-    if not entry.get("path") or unknown:
-        raise ConfigError(f"checkpoints[{i}]: expected a path or {{name: ..., path: ...}}, got {entry}")
-    return (str(entry["name"]) if entry.get("name") else None), str(entry["path"])
 
 
 def _name_parts(path: str) -> tuple[list[str], int]:
@@ -290,6 +280,7 @@ def output_dir(cfg: DictConfig) -> Path:
 @task_wrapper
 def run(cfg: DictConfig) -> dict:
     """The steps of an evaluation: every model on every task, then one report."""
+    check_eval_config(cfg)  # evaluate.py ran it already, before this module's imports; kept for callers in code
     tasks = selected_tasks(cfg)
     device = resolve_device(cfg.get("device", "auto"))
     specs = model_specs(cfg, device)

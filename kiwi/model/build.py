@@ -22,8 +22,9 @@ from kiwi.data.qwen_tokenizer import resolve_tokenizer
 from kiwi.errors import ConfigError, HubError
 from kiwi.hub import check_hub, is_local
 from kiwi.model.attention import resolve_attn_implementation
+from kiwi.model.preflight import layer_plan
 from kiwi.model.tiny import build_tiny_base
-from kiwi.upscale import apply_trainable, plan_from_config, upscale
+from kiwi.upscale import apply_trainable, upscale
 from kiwi.upscale.importance import measure_layers
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,8 @@ def load_base_config(base: str, revision: str | None = None):
 
 def plan_for(model_cfg: Mapping, base_config, scores=None):
     """Validate the layer selection against the base config (no weights needed, except importance scores)."""
-    ls = as_dict(model_cfg.get("layer_selection")) or {"strategy": "none"}
-    return plan_from_config(ls, base_config.num_hidden_layers, scores=scores, model_config=base_config)
+    return layer_plan(as_dict(model_cfg.get("layer_selection")), base_config.num_hidden_layers, scores=scores,
+                      model_config=base_config)
 
 
 def needs_scores(model_cfg: Mapping) -> bool:

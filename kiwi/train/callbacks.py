@@ -94,7 +94,29 @@ class ThroughputMonitor(L.Callback):
 
 
 class TokensProgressBar(TQDMProgressBar):
-    """The usual bar, with tokens/s and tokens seen next to the loss."""
+    """The usual bar, with tokens/s and tokens seen next to the loss; a resumed run's bar continues its
+    epoch (``Epoch 0: 25/40``) rather than starting an open-ended ``Training: 25/?``."""
+
+    _epoch_set_up = False
+
+    def on_train_epoch_start(self, trainer, *args):
+        super().on_train_epoch_start(trainer, *args)
+        self._epoch_set_up = True
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self._epoch_set_up = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._epoch_set_up:
+            return
+        # Resumed mid-epoch: Lightning skips on_train_epoch_start, so the bar has neither total nor epoch;
+        # batch_idx batches of this epoch are done, total_train_batches is what is left of it.
+        self._epoch_set_up = True
+        bar, remaining = self.train_progress_bar, self.total_train_batches
+        bar.reset(total=None if remaining == float("inf") else batch_idx + int(remaining))
+        bar.initial = bar.n = batch_idx  # the rate counts this run's batches only
+        bar.set_description(f"Epoch {trainer.current_epoch}")
 
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)
@@ -108,8 +130,25 @@ class TokensProgressBar(TQDMProgressBar):
         return items
 
 
+def end_progress_bars(trainer) -> None:
+    """Close the trainer's progress bars and draw no more: after a stop message nothing redraws a bar line."""
+    bar = getattr(trainer, "progress_bar_callback", None)
+    if bar is None:
+        return
+    for name in ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar"):
+        tq = getattr(bar, name, None)
+        if tq is not None:
+            tq.close()  # ends its line (a training bar stays, as at a normal end); later updates are no-ops
+    bar.disable()  # bars opened from now on (the validation Lightning starts at a stop) draw nothing
+
+
 class RunInterrupted(KiwiError, RuntimeError):
-    """A run stopped by SIGTERM or SIGINT."""
+    """A run stopped by SIGTERM or SIGINT; the process exits with 128 + the signal (143, 130) as a shell's
+    child killed by it would, so schedulers and scripts see an interruption, not a failure."""
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum) if signum is not None else 1
 
 
 class CheckpointOnSignal(L.Callback):
@@ -154,13 +193,14 @@ class CheckpointOnSignal(L.Callback):
         ckpt = self._checkpoint()
         if ckpt is not None and ckpt.last_model_path and Path(ckpt.last_model_path).exists():
             saved = f"; last checkpoint {ckpt.last_model_path} (resume with ckpt_path=<it>)"
-        return RunInterrupted(f"interrupted by {name} {where}{saved}")
+        return RunInterrupted(f"interrupted by {name} {where}{saved}", self.received)
 
     def _handler(self, signum, frame):
         if self.received is not None:  # the second signal: stop now, whatever is in flight
             log.warning("received %s again: stopping immediately", signal.Signals(signum).name)
             raise self.error()  # ModelCheckpoint saves nothing if a step was cut short
         self.received = signum
+        end_progress_bars(self._trainer)
         ckpt = self._checkpoint()
         if self._in_step or self.distributed or (ckpt is not None and not ckpt.consistent):
             log.warning("received %s: will checkpoint after this step and stop (send it again to stop now)",

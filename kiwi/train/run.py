@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
-from kiwi.cli import instantiate_group, task_wrapper, validate_trainer
+from kiwi.cli import instantiate_group, task_wrapper
 from kiwi.errors import ConfigError
 from kiwi.model.build import TRAINING_KEY, BuiltModel, as_dict, build_model
 from kiwi.model.io import export_hf
@@ -23,6 +23,7 @@ from kiwi.train.checkpoint import publish_checkpoint_dirs
 from kiwi.train.levers import distill_settings, run_flops
 from kiwi.train.module import KiwiLM, perplexity
 from kiwi.train.parallel import accelerator_device, trainer_world_size
+from kiwi.train.preflight import check_train_config
 from kiwi.train.reuse import reused_export, training_record
 
 log = logging.getLogger(__name__)
@@ -174,19 +175,10 @@ class ValidationHistory(L.Callback):
 
 
 def validate_early(cfg: DictConfig) -> None:
-    """Fail on config mistakes before any weights or data are touched (ConfigError / DeviceError)."""
-    for key in ("model", "data", "trainer", "optimizer"):
-        if cfg.get(key) is None:
-            raise ConfigError(f"config: missing group '{key}'")
+    """Fail on config mistakes before any weights or data are touched: train.py's light checks (also run by
+    train.py before this module is imported) and the distillation options."""
+    check_train_config(cfg)
     distill_settings(cfg.module.get("distill"))
-    if cfg.module.nonfinite_loss not in ("stop", "skip"):
-        raise ConfigError(f"module.nonfinite_loss: expected 'stop' or 'skip', got {cfg.module.nonfinite_loss!r}")
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).exists():
-        raise ConfigError(f"ckpt_path: {cfg.ckpt_path} does not exist")
-    for i, req in enumerate(cfg.get("prerequisites") or []):
-        if not Path(req.path).exists():
-            raise ConfigError(f"prerequisites[{i}]: {req.path} does not exist; {req.get('how', '')}")
-    validate_trainer(cfg.trainer)
 
 
 def write_perplexity_report(out_dir: Path, before: float | None, after: float | None, extra: dict) -> Path:

@@ -1,23 +1,34 @@
 """Depth up-scaling engine: plan which source layers fill a deeper model, then build it.
 
 Pure module (no Lightning/Hydra): plain mappings in, plain data and HF models out.
+Planning needs no torch; the names below load their module on first use.
 """
 
-from kiwi.upscale.layer_selection import plan_from_config
-from kiwi.upscale.params import count_parameters, layer_parameter_count, n_target_for_budget
-from kiwi.upscale.plan import LayerPlan
-from kiwi.upscale.plan_files import write_plan_files
-from kiwi.upscale.plots import duplicated_sources, plot_importance, plot_plan
-from kiwi.upscale.strategies import STRATEGIES, check_options, make_plan, strategy_options
-from kiwi.upscale.surgery import (
-    PLAN_CONFIG_KEY,
-    apply_trainable,
-    decoder_layers,
-    remove_layers,
-    upscale,
-    upscaled_config,
-    zero_residual_branch,
-)
+import importlib
+
+# name -> the module defining it. Loaded on first use (PEP 562), so that checking a layer selection
+# (layer_selection, strategies, params, plan) imports no torch: train.py refuses a bad depth in ~1 s.
+_EXPORTS = {
+    "plan_from_config": "layer_selection",
+    "count_parameters": "params", "layer_parameter_count": "params", "n_target_for_budget": "params",
+    "LayerPlan": "plan",
+    "write_plan_files": "plan_files",
+    "duplicated_sources": "plots", "plot_importance": "plots", "plot_plan": "plots",
+    "STRATEGIES": "strategies", "check_options": "strategies", "make_plan": "strategies",
+    "strategy_options": "strategies",
+    "PLAN_CONFIG_KEY": "surgery", "apply_trainable": "surgery", "decoder_layers": "surgery", "remove_layers": "surgery",
+    "upscale": "surgery",
+    "upscaled_config": "surgery", "zero_residual_branch": "surgery",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "PLAN_CONFIG_KEY",

@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
+from kiwi.upscale.strategies import METRICS
 from kiwi.upscale.surgery import decoder_layers
-
-METRICS = ("block_influence", "angular")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 # Architectures whose decoder layer is: q/k/v/o projections, gated MLP, two RMSNorms (weight only).
 _SUPPORTED = ("qwen2", "llama", "mistral")
 
@@ -44,7 +42,7 @@ def layer_parameter_count(config: Any) -> int:
 def count_parameters(config_or_model: Any, n_layers: int | None = None) -> int:
     """Total parameters (tied embeddings counted once). For a model without ``n_layers`` the real
     tensors are counted; otherwise the exact formula from the config is used."""
-    if isinstance(config_or_model, torch.nn.Module):
+    if hasattr(config_or_model, "parameters"):  # a model (torch.nn.Module); a config has no parameters()
         if n_layers is None:
             return sum(p.numel() for p in config_or_model.parameters())  # parameters() dedups ties
         config = config_or_model.config

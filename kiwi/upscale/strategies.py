@@ -7,8 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
-from kiwi.upscale.importance import METRICS
 from kiwi.upscale.plan import TRAINABLE_MODES, LayerPlan
+
+# The importance scores a plan can rank layers by (measured in kiwi.upscale.importance).
+METRICS = ("block_influence", "angular")
 
 COMMON_OPTIONS = ("identity_init", "trainable")
 

@@ -233,3 +233,14 @@ class LogitsAtStep(L.Callback):
             logits = model(torch.tensor([self.input_ids], device=pl_module.device)).logits
         model.train(was_training)
         torch.save(logits.cpu(), self.out)
+
+
+class RaiseAtStep(L.Callback):
+    """An unexpected exception (a bug, not a KiwiError) after optimizer step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise ZeroDivisionError(f"a bug at step {self.step}")

@@ -5,6 +5,7 @@ keeps the last completed step (issue 14); a kill -9 during a save leaves the pre
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,11 +15,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, kill_group
 
 CB = "tests.train.callbacks_for_tests"
 QUICK = ["experiment=quickstart", "logger=none", "data.seq_len=128", "data.batch_size=2", "data.val_documents=2",
          "export_hf=false"]
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_started():
+    """Every train.py a test starts leads its own process group, killed (with its workers) at teardown."""
+    yield
+    while _STARTED:
+        kill_group(_STARTED.pop())
 
 
 def _start(tmp_path: Path, overrides: list[str]) -> subprocess.Popen:
@@ -26,7 +38,10 @@ def _start(tmp_path: Path, overrides: list[str]) -> subprocess.Popen:
            "KIWI_CACHE": os.environ["KIWI_CACHE"]}
     args = [sys.executable, str(ROOT / "train.py"), *QUICK, f"paths.output_dir={tmp_path}",
             f"hydra.run.dir={tmp_path}", *overrides]
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    _STARTED.append(proc)
+    return proc
 
 
 def _wait_for(proc: subprocess.Popen, marker: Path, timeout: float = 120.0) -> None:
@@ -42,13 +57,19 @@ def _wait_for(proc: subprocess.Popen, marker: Path, timeout: float = 120.0) -> N
 
 
 def _signal_and_finish(proc: subprocess.Popen, signum: int, timeout: float = 60.0) -> tuple[int, str]:
+    rc, _, err = _signal_and_read(proc, signum, timeout)
+    return rc, err
+
+
+def _signal_and_read(proc: subprocess.Popen, signum: int, timeout: float = 60.0) -> tuple[int, str, str]:
+    """Send ``signum`` (to train.py alone, as a scheduler or kill does) and wait: (exit code, stdout, stderr)."""
     proc.send_signal(signum)
     try:
-        _, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        kill_group(proc)
         pytest.fail(f"train.py ignored signal {signum} for {timeout} s")
-    return proc.returncode, err
+    return proc.returncode, out, err
 
 
 def _reason(err: str) -> str:
@@ -84,7 +105,7 @@ def test_sigint_during_validation_saves_the_last_step(tmp_path, kiwi_cache):
     _wait_for(proc, marker)
     rc, err = _signal_and_finish(proc, signal.SIGINT)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert rc != 0
+    assert rc == 130  # 128 + SIGINT, as a shell reports a child stopped by it
     assert f"interrupted by SIGINT at step 3; last checkpoint {last}" in _reason(err)
     assert _step(last) == 3
 
@@ -100,7 +121,7 @@ def test_sigterm_while_data_loading_stalls(tmp_path, kiwi_cache):
     _wait_for(proc, marker)
     rc, err = _signal_and_finish(proc, signal.SIGTERM)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert rc != 0
+    assert rc == 143  # 128 + SIGTERM
     assert "interrupted by SIGTERM at step 2" in _reason(err)
     assert _step(last) == 2
 
@@ -120,6 +141,42 @@ def test_second_signal_stops_immediately(tmp_path, kiwi_cache):
     rc, err = _signal_and_finish(proc, signal.SIGTERM)
     assert rc != 0
     assert "interrupted by SIGTERM" in _reason(err)
+
+
+_BAR = re.compile(r"\d+(?:/\d+|/\?) \[")  # a tqdm progress line: "24/40 [00:46<..." or "24/? [..."
+
+
+@pytest.mark.slow
+def test_sigint_in_a_step_exits_130_with_no_bar_after_its_message_and_the_resumed_bar_continues_the_epoch(
+        tmp_path, kiwi_cache):
+    """SIGINT while step 2 runs: the step finishes, last.ckpt holds it, the process exits 130, no progress
+    line follows the "received SIGINT" message, and the run dir says INTERRUPTED with the reason. Resumed,
+    the bar reads ``Epoch 0: 3/6`` (the epoch and its total), not ``Training: 3/?``."""
+    marker = tmp_path / "in_state"
+    proc = _start(tmp_path / "a", ["validate_before=false", "trainer.max_steps=6",
+                                   f"+callbacks.wait._target_={CB}.MarkAndWait", "+callbacks.wait.hook=after_step",
+                                   "+callbacks.wait.step=2", "+callbacks.wait.seconds=3",
+                                   f"+callbacks.wait.marker={marker}"])
+    _wait_for(proc, marker)
+    rc, out, err = _signal_and_read(proc, signal.SIGINT)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert rc == 130, err[-3000:]
+    reason = _reason(err)
+    assert f"interrupted by SIGINT at step 2; last checkpoint {last}" in reason
+    assert _step(last) == 2
+    after = out.split("received SIGINT", 1)[1]  # the log and the bars share stdout
+    assert not _BAR.search(after.replace("\r", "\n")), after[-3000:]
+    assert (tmp_path / "a" / "INTERRUPTED").read_text() == reason.split("  (HYDRA_FULL_ERROR")[0] + "\n"
+    assert not (tmp_path / "a" / "FAILED").exists()
+
+    proc = _start(tmp_path / "b", ["validate_before=false", "trainer.max_steps=6", f"ckpt_path={last}"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    lines = (out + err).replace("\r", "\n").splitlines()
+    resumed = [ln for ln in lines if _BAR.search(ln) and ("Epoch" in ln or "Training" in ln)]
+    assert any(ln.startswith("Epoch 0:") and " 3/6 [" in ln for ln in resumed), resumed
+    assert not [ln for ln in resumed if re.search(r"\b[1-9]\d*/\? \[", ln)], resumed
+    assert not (tmp_path / "b" / "INTERRUPTED").exists() and not (tmp_path / "b" / "FAILED").exists()
 
 
 @pytest.mark.slow
