@@ -361,8 +361,8 @@ class LogLayerPlan(L.Callback):
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module):
         plan = pl_module.plan
-        files = write_plan_files(plan, self.out_dir, base_model=str(
-            pl_module.hparams.model_cfg.get("base") or "tiny-base"))
+        model = pl_module.model  # its base: the path or hub id it was built from (kiwi.model.build)
+        files = write_plan_files(plan, self.out_dir, base_model=str(model.config.kiwi_base_model), dtype=model.dtype)
         images = {"layer_plan": files["plot"]}
         measured = getattr(pl_module, "importance", None)
         if measured is not None:
