@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from kiwi.errors import DataError, KiwiError
 from kiwi.model.attention import document_lengths
+from kiwi.train.checkpoint import link_checkpoint, unshare, writes_directories
 from kiwi.train.flops import flops_per_token, peak_flops
 from kiwi.train.module import NonFiniteLossError, mid_accumulation
 from kiwi.upscale import duplicated_sources, plot_importance, write_plan_files
@@ -292,6 +293,26 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             self._save_final(trainer)
         finally:
             self._use_boundary = False
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        """``last.ckpt`` is a hard link to the periodic checkpoint written at this same step (the same state:
+        at full size 7.9 GB once, not twice); written in full only when there is none (a final step between
+        periodic checkpoints, the state after a stop) or the strategy writes directories."""
+        saved, step = self._last_checkpoint_saved, trainer.global_step
+        filepath = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        if not (self.save_last and saved and self._last_global_step_saved == step and not self._use_boundary
+                and not writes_directories(trainer.strategy) and Path(saved) != Path(filepath)):
+            if trainer.is_global_zero and self.save_last:
+                unshare(filepath)
+            trainer.strategy.barrier()
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+            return
+        previous, self.last_model_path = self.last_model_path, filepath
+        if trainer.is_global_zero:
+            link_checkpoint(saved, filepath)
+        trainer.strategy.barrier()
+        if previous and self._should_remove_checkpoint(trainer, previous, filepath):
+            self._remove_checkpoint(trainer, previous)
 
     def _save_final(self, trainer) -> None:
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == 0:
