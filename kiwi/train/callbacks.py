@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -95,7 +96,30 @@ class ThroughputMonitor(L.Callback):
 
 
 class TokensProgressBar(TQDMProgressBar):
-    """The usual bar, with tokens/s and tokens seen next to the loss."""
+    """The usual bar, with tokens/s and tokens seen next to the loss. When stdout is not a terminal (a log
+    file, a pipe, SLURM) the bar's ``\\r`` redraws would pile up into one multi-kilobyte line, so it
+    prints instead one plain line every ``plain_every`` optimizer steps (default: every tenth of the run)."""
+
+    def __init__(self, refresh_rate: int = 1, plain_every: int | None = None, **kwargs):
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
+        self.plain = not sys.stdout.isatty()
+        self.plain_every = plain_every
+        self._printed_step = -1
+        if self.plain:
+            self.disable()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.plain:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step, total = trainer.global_step, trainer.max_steps
+        every = self.plain_every or max(1, total // 10 if total and total > 0 else 50)
+        if step == self._printed_step or not (step % every == 0 or step == total) or not trainer.is_global_zero:
+            return
+        self._printed_step = step
+        metrics = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in self.get_metrics(trainer, pl_module).items())
+        of = f"/{total} ({100 * step / total:.0f}%)" if total and total > 0 else ""
+        print(f"Epoch {trainer.current_epoch}: step {step}{of}, {metrics}", flush=True)
 
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)
