@@ -41,10 +41,24 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
+def quiet_library_bars() -> None:
+    """No "Loading weights" / "Writing model shards" / download bars from transformers and huggingface_hub:
+    for kiwi's models they flash by and fill the log; kiwi logs what it loads and writes itself."""
+    import huggingface_hub.utils
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def wandb_logger(project: str, save_dir: str, name: str | None = None, group: str | None = None,
                  tags=None, mode: str = "auto", job_type: str | None = None, **kwargs):
 
     mode = resolve_wandb_mode(mode)
+    if "settings" not in kwargs:  # no ~35-line run summary and history at the end of every run
+        import wandb
+
+        kwargs["settings"] = wandb.Settings(quiet=True)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     logger = WandbLogger(project=project, save_dir=save_dir, name=name, group=group,
                          tags=list(tags) if tags else None, mode=mode, job_type=job_type,

@@ -116,3 +116,35 @@ def run_in_group(args: Sequence[str], timeout: float, **popen) -> subprocess.Com
     with process_group(args, **popen) as proc:
         out, err = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(list(args), proc.returncode, out, err)
+
+
+# mergekit 0.1.5's MergeConfiguration / OutputSliceDefinition / InputSliceDefinition fields (mergekit/config.py),
+# checked by hand: mergekit itself is not a kiwi dependency.
+MERGEKIT_TOP_KEYS = {"modules", "slices", "models", "merge_method", "base_model", "dtype", "tokenizer_source",
+                     "tokenizer", "chat_template", "out_dtype", "parameters"}
+MERGEKIT_SLICE_KEYS = {"sources", "base_model", "residual_weight", "parameters"}
+MERGEKIT_SOURCE_KEYS = {"model", "layer_range", "parameters"}
+MERGEKIT_DTYPES = {"float32", "bfloat16", "float16"}  # mergekit.common.dtype_from_name
+
+
+def check_mergekit_passthrough(parsed: dict, plan) -> tuple[str, str]:
+    """Assert ``parsed`` (a loaded mergekit YAML) is a valid passthrough config whose slices, each one
+    half-open ``layer_range [start, end)`` of one model, concatenate to ``plan.sources``; returns
+    (model, dtype)."""
+    assert set(parsed) <= MERGEKIT_TOP_KEYS, set(parsed) - MERGEKIT_TOP_KEYS
+    assert parsed["merge_method"] == "passthrough"
+    assert parsed["dtype"] in MERGEKIT_DTYPES, parsed["dtype"]
+    assert isinstance(parsed["slices"], list) and parsed["slices"]
+    models, rebuilt = set(), []
+    for sl in parsed["slices"]:
+        assert set(sl) <= MERGEKIT_SLICE_KEYS, sl
+        (src,) = sl["sources"]  # passthrough takes exactly one source per slice
+        assert set(src) <= MERGEKIT_SOURCE_KEYS, src
+        assert isinstance(src["model"], str) and "+" not in src["model"]  # '+' would parse as a LoRA
+        start, end = src["layer_range"]
+        assert isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= plan.n_source
+        models.add(src["model"])
+        rebuilt += range(start, end)
+    assert tuple(rebuilt) == plan.sources
+    (model,) = models
+    return model, parsed["dtype"]

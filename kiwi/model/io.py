@@ -130,7 +130,7 @@ def export_hf(model, tokenizer, plan, out_dir: str | Path, base_model: str = "ba
         model.config.kiwi_layer_plan = plan.to_dict()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_plan_files(plan, tmp, base_model=base_model)
+        write_plan_files(plan, tmp, base_model=base_model, dtype=model.dtype)
         apply_umask(tmp)
 
     out = write_dir_atomically(write, Path(out_dir))

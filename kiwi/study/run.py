@@ -3,11 +3,15 @@ then the gather. Each step is the `train.py` command a user would type, run as a
 of them at once (default 2: the most trained base beside the other regime's jobs), each one's output in
 ``logs/<profile>/study_run/<task>.log``.
 
-    python -m kiwi.study.run                                    # CPU profile, both regimes, 3 seeds
+    python -m kiwi.study.run                          # CPU profile, both regimes, seeds 1..3 -> logs/study/<UTC time>
+    python -m kiwi.study.run --seeds 1,2 --out docs/study   # refresh the committed tables (an explicit --out)
     python -m kiwi.study.run --profile study_gpu --out bench/results/study_gpu
 
-Reads ../shared's Wikipedia (.jsonl.gz, held out by article) when it is present, else the offline
-docstring corpus. Prints each command before running it and the wall time of the whole study at the end.
+``--seeds`` is a count (``3``: seeds 1, 2, 3) or a list (``1,2``; ``5,7,9``); the paired intervals need at
+least 2. The default ``--out`` is a new git-ignored folder; a folder holding committed files is written
+only when named with ``--out``. Reads ../shared's Wikipedia (.jsonl.gz, held out by article) when it is
+present, else the offline docstring corpus, and says which (on the terminal and in results.md). Prints each
+command before running it and the wall time of the whole study at the end.
 """
 
 from __future__ import annotations
@@ -30,9 +34,17 @@ VARIANTS = ",".join(sorted((p.stem for p in (ROOT / "conf" / "study").glob("*.ya
 REGIMES = (64, 8192)  # base tokens per parameter: under-trained, and the most over-trained the CPU budget allows
 
 
-def data_overrides(corpus: str) -> list[str]:
+def resolve_corpus(corpus: str) -> tuple[str, str]:
+    """(corpus, a line saying which it is and why): ``auto`` is Wikipedia when ../shared has it."""
     if corpus == "auto":
         corpus = "wikipedia" if any(WIKIPEDIA.glob("*.jsonl.gz")) else "docstrings"
+        why = "found" if corpus == "wikipedia" else "not found"
+        return corpus, f"corpus: {corpus} (--corpus auto: {WIKIPEDIA} {why})"
+    return corpus, f"corpus: {corpus} (--corpus {corpus})"
+
+
+def data_overrides(corpus: str) -> list[str]:
+    corpus = resolve_corpus(corpus)[0]
     if corpus == "wikipedia":
         return ["data=local", "data.source.files=[${paths.shared_dir}/data/wikipedia-en-2015/*.jsonl.gz]"]
     if corpus == "docstrings":
@@ -123,7 +135,7 @@ def run_tasks(tasks: list[Task], workers: int, log_dir: Path, dry: bool = False)
     return walls
 
 
-def study_tasks(profile: str, regimes: list[str], seeds: int, variants: str, data: list[str],
+def study_tasks(profile: str, regimes: list[str], seeds: int | list[int], variants: str, data: list[str],
                 overrides: list[str]) -> tuple[list[Task], list[str]]:
     """Per regime the base, then one multirun of every variant per seed (seeds run in parallel when
     workers allow); the most trained base first, as it takes longest. Returns (tasks, sweep directories)."""
@@ -134,7 +146,7 @@ def study_tasks(profile: str, regimes: list[str], seeds: int, variants: str, dat
         base = f"base-tpp{tpp}"
         tasks.append(Task(base, [*py, f"experiment={profile}_base", *regime,
                                  *base_val_every(profile, float(tpp), regime)]))
-        for seed in range(1, seeds + 1):
+        for seed in range(1, seeds + 1) if isinstance(seeds, int) else seeds:
             sweep = f"logs/{profile}/tpp{tpp}/seed{seed}"
             tasks.append(Task(f"tpp{tpp}-seed{seed}", [*py, "-m", f"experiment={profile}", *regime, f"seed={seed}",
                                                          f"+study={variants}", f"hydra.sweep.dir={sweep}"], after=base))
@@ -142,9 +154,50 @@ def study_tasks(profile: str, regimes: list[str], seeds: int, variants: str, dat
     return tasks, sweeps
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``3`` is a count (seeds 1, 2, 3); ``1,2`` or ``5,7,9`` a list. Raises ValueError saying what is wrong."""
+    try:
+        numbers = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected a count (3) or a comma-separated list of integers (1,2), got {text!r}") from None
+    seeds = list(range(1, numbers[0] + 1)) if len(numbers) == 1 else numbers
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ValueError(f"expected distinct non-negative seeds, got {text!r}")
+    if len(seeds) < 2:
+        raise ValueError(f"got {len(seeds)} seed ({text!r}); the paired 95% intervals against the controls need "
+                         "at least 2 seeds (e.g. --seeds 2 or --seeds 1,2)")
+    return seeds
+
+
+def git_tracked(folder: Path) -> bool:
+    """Whether ``folder`` holds files committed to kiwi's git repository (False outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--", str(folder)], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def resolve_out(out: str | None) -> Path:
+    """``--out`` as given; by default a new git-ignored ``logs/study/<UTC time>`` (never committed files)."""
+    if out is not None:
+        return Path(out).resolve()
+    path = ROOT / "logs" / "study" / time.strftime("%Y-%m-%d_%H-%M-%S", time.gmtime())
+    if git_tracked(path):
+        raise SystemExit(f"kiwi.study.run: --out: {path} holds committed files; name it with --out to overwrite them")
+    return path
+
+
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse, before any base trains, what would fail or mislead only after it: unknown or repeated
-    variants, empty, non-positive or repeated regimes, fewer than one worker."""
+    """Refuse, before any base trains, what would fail or mislead only after it: fewer than 2 seeds, unknown
+    or repeated variants, empty, non-positive or repeated regimes, fewer than one worker, an unknown corpus."""
+    try:
+        args.seeds = parse_seeds(args.seeds)
+    except ValueError as err:
+        parser.error(f"--seeds: {err}")
+    if args.corpus not in ("auto", "wikipedia", "docstrings"):
+        parser.error(f"--corpus: expected auto, wikipedia or docstrings, got {args.corpus!r}")
     if args.workers < 1:
         parser.error(f"--workers: expected 1 or more, got {args.workers}")
     try:
@@ -165,30 +218,35 @@ def main(argv: list[str] | None = None) -> float:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="study_cpu", help="experiment pair <profile>_base / <profile>")
     p.add_argument("--regimes", default=",".join(map(str, REGIMES)), help="base tokens per parameter")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", default="3", help="a count (3: seeds 1..3) or a list (1,2); at least 2")
     p.add_argument("--variants", default=VARIANTS)
     p.add_argument("--corpus", default="auto", help="auto | wikipedia | docstrings")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="train.py processes at once (each gets cpus / workers threads)")
-    p.add_argument("--out", default="docs/study", help="where the gather writes its tables and plot")
+    p.add_argument("--out", default=None, help="where the gather writes its tables and plot (default: a new "
+                   "logs/study/<UTC time>; committed folders such as docs/study only when named here)")
     p.add_argument("--wandb", default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("overrides", nargs="*", help="extra train.py overrides for both steps")
     args = p.parse_args(argv)
-    if args.seeds < 2:
-        raise SystemExit("--seeds: the paired intervals need at least 2 seeds")
     check_arguments(p, args)
+    out = resolve_out(args.out)
+    corpus, corpus_line = resolve_corpus(args.corpus)
+    print(f"kiwi.study.run: {corpus_line}; results in {out}", flush=True)
     tasks, sweeps = study_tasks(args.profile, args.regimes.split(","), args.seeds, args.variants,
-                                data_overrides(args.corpus), args.overrides)
+                                data_overrides(corpus), args.overrides)
     start = time.perf_counter()
     walls = run_tasks(tasks, args.workers, ROOT / "logs" / args.profile / "study_run", args.dry_run)
     wall = time.perf_counter() - start
-    gather_cmd = [sys.executable, "-m", "kiwi.study.gather", *sweeps, "--out", args.out, "--wandb", args.wandb]
+    gather_cmd = [sys.executable, "-m", "kiwi.study.gather", *sweeps, "--out", str(out), "--wandb", args.wandb]
     print("$", " ".join(gather_cmd), flush=True)
     if not args.dry_run:
         subprocess.run(gather_cmd, cwd=ROOT, check=True)
-        Path(args.out, "wall_time.json").write_text(json.dumps(
-            {"study_wall_s": round(wall, 1), "regimes": args.regimes, "seeds": args.seeds, "variants": args.variants,
+        with (out / "results.md").open("a") as fh:
+            fh.write(f"\nStudy data: {corpus_line}.\n")
+        (out / "wall_time.json").write_text(json.dumps(
+            {"study_wall_s": round(wall, 1), "regimes": args.regimes, "seeds": args.seeds, "corpus": corpus,
+             "variants": args.variants,
              "workers": args.workers, "cpus": os.cpu_count(), "task_wall_s": walls,
              "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}, indent=2) + "\n")
         print(f"kiwi.study.run: whole study (bases + jobs) {wall / 60:.1f} min wall on {args.workers} workers")

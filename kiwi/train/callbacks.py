@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from kiwi.errors import DataError, KiwiError
 from kiwi.model.attention import document_lengths
+from kiwi.train.checkpoint import link_checkpoint, unshare, writes_directories
 from kiwi.train.flops import flops_per_token, peak_flops
 from kiwi.train.module import NonFiniteLossError, mid_accumulation
 from kiwi.upscale import duplicated_sources, plot_importance, write_plan_files
@@ -95,9 +97,21 @@ class ThroughputMonitor(L.Callback):
 
 class TokensProgressBar(TQDMProgressBar):
     """The usual bar, with tokens/s and tokens seen next to the loss; a resumed run's bar continues its
-    epoch (``Epoch 0: 25/40``) rather than starting an open-ended ``Training: 25/?``."""
+    epoch (``Epoch 0: 25/40``) rather than starting an open-ended ``Training: 25/?``. When stdout is not a
+    terminal (a log file, a pipe, SLURM) the bar's ``\\r`` redraws would pile up into one multi-kilobyte
+    line, so it prints instead one plain line every ``plain_every`` optimizer steps (default: every tenth
+    of the run). ``plain`` forces either form (None: decide by stdout)."""
 
     _epoch_set_up = False
+
+    def __init__(self, refresh_rate: int = 1, plain_every: int | None = None, plain: bool | None = None,
+                 **kwargs):
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
+        self.plain = not sys.stdout.isatty() if plain is None else plain
+        self.plain_every = plain_every
+        self._printed_step = -1
+        if self.plain:
+            self.disable()
 
     def on_train_epoch_start(self, trainer, *args):
         super().on_train_epoch_start(trainer, *args)
@@ -108,7 +122,7 @@ class TokensProgressBar(TQDMProgressBar):
         self._epoch_set_up = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self._epoch_set_up:
+        if self.plain or self._epoch_set_up:
             return
         # Resumed mid-epoch: Lightning skips on_train_epoch_start, so the bar has neither total nor epoch;
         # batch_idx batches of this epoch are done, total_train_batches is what is left of it.
@@ -117,6 +131,19 @@ class TokensProgressBar(TQDMProgressBar):
         bar.reset(total=None if remaining == float("inf") else batch_idx + int(remaining))
         bar.initial = bar.n = batch_idx  # the rate counts this run's batches only
         bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.plain:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step, total = trainer.global_step, trainer.max_steps
+        every = self.plain_every or max(1, total // 10 if total and total > 0 else 50)
+        if step == self._printed_step or not (step % every == 0 or step == total) or not trainer.is_global_zero:
+            return
+        self._printed_step = step
+        metrics = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in self.get_metrics(trainer, pl_module).items())
+        of = f"/{total} ({100 * step / total:.0f}%)" if total and total > 0 else ""
+        print(f"Epoch {trainer.current_epoch}: step {step}{of}, {metrics}", flush=True)
 
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)
@@ -333,6 +360,26 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         finally:
             self._use_boundary = False
 
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        """``last.ckpt`` is a hard link to the periodic checkpoint written at this same step (the same state:
+        at full size 7.9 GB once, not twice); written in full only when there is none (a final step between
+        periodic checkpoints, the state after a stop) or the strategy writes directories."""
+        saved, step = self._last_checkpoint_saved, trainer.global_step
+        filepath = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        if not (self.save_last and saved and self._last_global_step_saved == step and not self._use_boundary
+                and not writes_directories(trainer.strategy) and Path(saved) != Path(filepath)):
+            if trainer.is_global_zero and self.save_last:
+                unshare(filepath)
+            trainer.strategy.barrier()
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+            return
+        previous, self.last_model_path = self.last_model_path, filepath
+        if trainer.is_global_zero:
+            link_checkpoint(saved, filepath)
+        trainer.strategy.barrier()
+        if previous and self._should_remove_checkpoint(trainer, previous, filepath):
+            self._remove_checkpoint(trainer, previous)
+
     def _save_final(self, trainer) -> None:
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == 0:
             return
@@ -401,8 +448,8 @@ class LogLayerPlan(L.Callback):
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module):
         plan = pl_module.plan
-        files = write_plan_files(plan, self.out_dir, base_model=str(
-            pl_module.hparams.model_cfg.get("base") or "tiny-base"))
+        model = pl_module.model  # its base: the path or hub id it was built from (kiwi.model.build)
+        files = write_plan_files(plan, self.out_dir, base_model=str(model.config.kiwi_base_model), dtype=model.dtype)
         images = {"layer_plan": files["plot"]}
         measured = getattr(pl_module, "importance", None)
         if measured is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,6 +41,34 @@ def remove_stale_tmp_files(folder: Path) -> list[Path]:
         path.unlink(missing_ok=True)
         log.warning("removed %s, the temporary file of a save that died", path)
     return stale
+
+
+def link_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` a second name (a hard link) of the checkpoint file ``src``: the bytes are stored once.
+
+    Swapped in by rename, so ``dst`` is at every moment a whole checkpoint (the old one or ``src``); a
+    filesystem without hard links gets a copy. Deleting either name (``save_top_k`` rotation) keeps the other.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")  # the name remove_stale_tmp_files knows
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def unshare(path: str | Path) -> None:
+    """Drop the name ``path`` if it shares its file with another (a hard link or a symlink) before the file
+    is rewritten: a writer that copies into it (Lightning's, when its temporary file is on another
+    filesystem) would otherwise change the other name's checkpoint too. That one keeps the same bytes."""
+    path = Path(path)
+    if path.is_symlink() or (path.is_file() and path.stat().st_nlink > 1):
+        path.unlink()
 
 
 def writes_directories(strategy) -> bool:

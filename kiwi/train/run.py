@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kiwi.cli import instantiate_group, task_wrapper
 from kiwi.errors import ConfigError
+from kiwi.loggers import quiet_library_bars
 from kiwi.model.build import TRAINING_KEY, BuiltModel, as_dict, build_model
 from kiwi.model.io import export_hf
 from kiwi.train.budget import Budget, flops_matched_tokens, make_budget, teacher_matched_tokens, tokens_per_param_budget
@@ -44,6 +45,7 @@ def run(cfg: DictConfig) -> dict:
 def train(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
     """The steps of a training run, in order."""
     validate_early(cfg)
+    quiet_library_bars()
     if (reused := reused_export(cfg)) is not None:
         return reused
     L.seed_everything(cfg.seed, workers=True)

@@ -160,8 +160,9 @@ class LayerPlan:
                 runs.append((s, s + 1))
         return runs
 
-    def to_mergekit_yaml(self, base_model: str) -> str:
-        """mergekit passthrough config reproducing ``sources`` (identity init is not expressible)."""
+    def to_mergekit_yaml(self, base_model: str, dtype: str) -> str:
+        """mergekit passthrough config reproducing ``sources`` from ``base_model`` (the path or hub id the
+        base was loaded from) in ``dtype`` (the model's, e.g. ``float32``); identity init is not expressible."""
         model = json.dumps(str(base_model))  # a JSON string is a valid, safely quoted YAML scalar
         lines = [f"# kiwi layer plan: strategy={self.strategy}, {self.n_source} -> {self.n_target} layers"]
         ident = [j for j, b in enumerate(self.identity_init) if b]
@@ -178,5 +179,5 @@ class LayerPlan:
                 f"      - model: {model}",
                 f"        layer_range: [{start}, {end}]",
             ]
-        lines += ["merge_method: passthrough", "dtype: bfloat16"]
+        lines += ["merge_method: passthrough", f"dtype: {dtype}"]
         return "\n".join(lines) + "\n"

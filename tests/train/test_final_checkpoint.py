@@ -120,3 +120,53 @@ def test_outputs_show_only_values_that_exist(tmp_path, kiwi_cache, capsys):
     run(_cfg(tmp_path / "c", ["debug=fdr"]))
     out = capsys.readouterr().out
     assert "None" not in out and "held-out perplexity" not in out
+
+
+def test_last_ckpt_is_a_link_to_the_step_checkpoint_and_resumes_exactly(tmp_path, kiwi_cache):
+    """At a step with a periodic checkpoint, last.ckpt is a second name of stepNNNNNNN.ckpt (one copy on disk,
+    not two); rotating the old periodic file out keeps it whole, and a resume from it is exact."""
+    from kiwi.train.callbacks import RunInterrupted
+    from kiwi.train.run import run
+    from tests.train.test_training_run import _train_losses
+
+    common = ["trainer.max_steps=6", "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=2"]
+    straight = tmp_path / "straight"
+    run(_cfg(straight, common))
+    folder = straight / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step0000006.ckpt"]  # 2 and 4 rotated out
+    assert (folder / "last.ckpt").samefile(folder / "step0000006.ckpt")
+    assert (folder / "last.ckpt").stat().st_nlink == 2
+
+    part = tmp_path / "part"  # stopped by SIGTERM at step 4, where a periodic checkpoint is due
+    with pytest.raises(RunInterrupted):
+        run(_cfg(part, common, {"kill": {"_target_": "tests.train.callbacks_for_tests.SignalAtStep", "step": 4}}))
+    last = part / "checkpoints" / "last.ckpt"
+    assert last.samefile(part / "checkpoints" / "step0000004.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+
+    resumed = tmp_path / "resumed"
+    run(_cfg(resumed, [*common, f"ckpt_path={last}"]))
+    ref, got = _train_losses(straight), {**_train_losses(part), **_train_losses(resumed)}
+    assert sorted(got) == sorted(ref) == list(range(6))
+    for step in ref:
+        assert got[step] == ref[step], f"step {step}"
+    assert not (resumed / "checkpoints" / "last.ckpt").samefile(last)  # the resumed run's own files
+    for name, value in _weights(straight / "checkpoints" / "last.ckpt").items():
+        assert torch.equal(value, _weights(resumed / "checkpoints" / "last.ckpt")[name]), name
+
+
+def test_rewriting_a_linked_last_ckpt_leaves_the_step_checkpoint_alone(tmp_path):
+    """A full write of last.ckpt (a final step between periodic checkpoints) first drops the shared name,
+    so a writer that copies into the file in place cannot change stepNNNNNNN.ckpt."""
+    from kiwi.train.checkpoint import link_checkpoint, unshare
+
+    step, last = tmp_path / "step0000002.ckpt", tmp_path / "last.ckpt"
+    step.write_bytes(b"step 2")
+    link_checkpoint(step, last)
+    assert last.samefile(step) and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step0000002.ckpt"]
+    unshare(last)
+    with last.open("wb") as fh:  # what shutil.move's cross-filesystem copy does to an existing name
+        fh.write(b"step 3")
+    assert step.read_bytes() == b"step 2" and last.read_bytes() == b"step 3"
+    unshare(last)  # a file of its own is left in place
+    assert last.read_bytes() == b"step 3"

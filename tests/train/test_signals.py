@@ -169,7 +169,8 @@ def test_sigint_in_a_step_exits_130_with_no_bar_after_its_message_and_the_resume
     assert (tmp_path / "a" / "INTERRUPTED").read_text() == reason.split("  (HYDRA_FULL_ERROR")[0] + "\n"
     assert not (tmp_path / "a" / "FAILED").exists()
 
-    proc = _start(tmp_path / "b", ["validate_before=false", "trainer.max_steps=6", f"ckpt_path={last}"])
+    proc = _start(tmp_path / "b", ["validate_before=false", "trainer.max_steps=6", f"ckpt_path={last}",
+                                   "callbacks.progress_bar.plain=false"])  # the terminal bar, though piped
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     lines = (out + err).replace("\r", "\n").splitlines()

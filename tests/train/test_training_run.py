@@ -162,3 +162,24 @@ def test_budget_alone_ends_the_run(tmp_path, kiwi_cache):
 
     result = run(_cfg(tmp_path, ["trainer.max_steps=-1", "budget.total_tokens=700"]))  # 700 / (2 x 128) -> 3
     assert result["steps"] == 3 and result["tokens"] == 3 * 256
+
+
+def test_mergekit_yaml_names_the_real_base_and_dtype(tmp_path, kiwi_cache):
+    """The plan's mergekit YAML beside the run and in each export is a passthrough config of the base the
+    run was built from (its path, not a made-up name) in the weights' dtype, rebuilding the layer plan."""
+    import yaml
+    from transformers import AutoConfig
+
+    from kiwi.model.io import export_checkpoint
+    from kiwi.train.run import run
+    from kiwi.upscale import LayerPlan
+    from tests.helpers import check_mergekit_passthrough
+
+    result = run(_cfg(tmp_path / "run", ["trainer.max_steps=1", "export_hf=true"]))
+    plan = LayerPlan.load(tmp_path / "run" / "layer_plan.json")
+    source = AutoConfig.from_pretrained(result["hf_dir"]).kiwi_base_model
+    assert (Path(source) / "config.json").exists()  # the tiny base: a real HF directory mergekit can read
+    bf16 = export_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "bf16", dtype="bfloat16")
+    for folder, dtype in ((tmp_path / "run", "float32"), (Path(result["hf_dir"]), "float32"), (bf16, "bfloat16")):
+        parsed = yaml.safe_load((folder / "layer_plan.mergekit.yaml").read_text())
+        assert check_mergekit_passthrough(parsed, plan) == (source, dtype), folder

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from kiwi.upscale import STRATEGIES, LayerPlan, make_plan, plan_from_config
 from kiwi.upscale.strategies import spread_evenly
-from tests.helpers import QWEN25_05B
+from tests.helpers import QWEN25_05B, check_mergekit_passthrough
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model" / "layer_selection"
 
@@ -118,16 +118,9 @@ def test_table_lists_every_layer():
 @pytest.mark.parametrize("strategy", ["interleave", "solar", "stack", "llama_pro"])
 def test_mergekit_yaml_round_trip(strategy):
     plan = make_plan(strategy, 24, 38)
-    text = plan.to_mergekit_yaml("Qwen/Qwen2.5-0.5B")
+    text = plan.to_mergekit_yaml("Qwen/Qwen2.5-0.5B", "float32")
     for parsed in (yaml.safe_load(text), OmegaConf.to_container(OmegaConf.create(text))):
-        assert parsed["merge_method"] == "passthrough" and parsed["dtype"] == "bfloat16"
-        rebuilt = []
-        for sl in parsed["slices"]:
-            (src,) = sl["sources"]
-            assert src["model"] == "Qwen/Qwen2.5-0.5B"
-            start, end = src["layer_range"]
-            rebuilt += range(start, end)
-        assert tuple(rebuilt) == plan.sources
+        assert check_mergekit_passthrough(parsed, plan) == ("Qwen/Qwen2.5-0.5B", "float32")
     assert ("identity_init cannot be expressed" in text) == any(plan.identity_init)
 
 
