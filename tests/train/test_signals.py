@@ -156,7 +156,7 @@ def test_sigint_in_a_step_exits_130_with_no_bar_after_its_message_and_the_resume
     proc = _start(tmp_path / "a", ["validate_before=false", "trainer.max_steps=6",
                                    f"+callbacks.wait._target_={CB}.MarkAndWait", "+callbacks.wait.hook=after_step",
                                    "+callbacks.wait.step=2", "+callbacks.wait.seconds=3",
-                                   f"+callbacks.wait.marker={marker}"])
+                                   f"+callbacks.wait.marker={marker}", "callbacks.progress_bar.plain=false"])
     _wait_for(proc, marker)
     rc, out, err = _signal_and_read(proc, signal.SIGINT)
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
