@@ -39,8 +39,8 @@ def _leaves(node, prefix: str, out: dict) -> None:
             _leaves(node._get_node(key), f"{prefix}{key}.", out)
         return
     raw = node._value()
-    if isinstance(raw, str) and any(s in raw for s in RUN_LOCAL_INTERPOLATIONS):
-        return
+    if isinstance(raw, str) and (any(s in raw for s in RUN_LOCAL_INTERPOLATIONS) or raw == "${seed}"):
+        return  # run-local, or the seed itself under another name (data.seed: ${seed})
     try:
         if isinstance(node, DictConfig | ListConfig):
             value = None if node._is_none() else OmegaConf.to_container(node, resolve=True)

@@ -389,7 +389,7 @@ def test_any_other_training_difference_within_a_regime_is_refused(tmp_path, key,
 
 
 def test_run_local_keys_do_not_split_a_group(tmp_path):
-    """Output paths and the logger are where a run is recorded, not what it trains."""
+    """Output paths and the logger are where a run is recorded, not what it trains; data.seed is the seed."""
     root = tmp_path / "sweep"
     _regime(root, {"control_tokens": [92.0, 93.0], "interleave_id": [90.0, 91.0]},
             {"control_tokens": [4096, 4096], "interleave_id": [4096, 4096]})
@@ -399,6 +399,7 @@ def test_run_local_keys_do_not_split_a_group(tmp_path):
         cfg.paths = {"output_dir": "${hydra:runtime.output_dir}", "log_dir": f"/somewhere/{num}"}
         cfg.logger.wandb.name = f"run-{num}"
         cfg.trainer = {"default_root_dir": "${paths.output_dir}"}
+        cfg.data = {"seed": "${seed}"}  # follows the seed, which differs by design
         OmegaConf.save(cfg, path)
     assert len(gather(root, tmp_path / "out").summary) == 2
 
