@@ -2,7 +2,11 @@
 to W&B.
 
     python -m kiwi.study.gather logs/study_cpu/tpp64/seed1 logs/study_cpu/tpp64/seed2 [--out DIR] \
-        [--wandb auto|offline|disabled]
+        [--wandb auto|offline|disabled] [--allow-mixed KEY ...] [--flops-tolerance 0.02]
+
+Jobs are grouped and paired only when their training definitions (kiwi.study.definition) agree in everything
+but the seed and the variant's own keys; ``--allow-mixed KEY`` pools jobs that differ in KEY and shows it as
+a column. A folder holding jobs of more than one launch is refused (kiwi.study.sweeps).
 
 Writes results.md (per regime: the base, mean ± std per variant, paired 95% intervals against both
 controls, the reading), summary.csv, results.csv (every job), base_curves.csv, job_curves.csv,
@@ -21,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kiwi import tables
+from kiwi.study.definition import check_definitions
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob, load_jobs
 from kiwi.study.plot import mean_curve, plot_curves, plot_differences
 from kiwi.study.stats import last_doubling_improvement
@@ -35,6 +40,7 @@ from kiwi.study.table import (
     to_markdown,
     write_csv,
 )
+from kiwi.train.budget import FLOPS_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +156,18 @@ def reading(summary: Sequence[dict], regime: str) -> list[str]:
     if bad := [f"{r['variant']} (lr {r['lr']:g}, seeds {r['diverged_seeds']})" for r in rows if r["diverged_seeds"]]:
         out.append("Diverged (NaN/inf perplexity; no mean, no interval, nothing paired with it): "
                    + "; ".join(bad) + ".")
+    if unequal := [f"{r['variant']} (lr {r['lr']:g}): {r['flops_mismatch'][0]:.4g} vs control_flops "
+                   f"{r['flops_mismatch'][1]:.4g} ({r['flops_vs_flops_ctrl_pct']:+.1f}%)"
+                   for r in rows if r.get("flops_mismatch")]:
+        out.append("Not equal compute (train FLOPs differ from the equal-FLOPs control's by more than the "
+                   "tolerance; read their equal-FLOPs comparison as unequal): " + "; ".join(unequal) + ".")
     out.append("Established (95% interval excludes zero): " + ("; ".join(established) if established else
                                                               "nothing") + ".")
     out.append("Not established (interval includes zero): " + ("; ".join(open_) if open_ else "nothing") + ".")
     return out
 
 
-def markdown_report(dirs: Sequence[Path], g: Gathered, plot_name: str) -> str:
+def markdown_report(dirs: Sequence[Path], g: Gathered, plot_name: str, mixed: Sequence[str] = ()) -> str:
     wall = sum(j.wall_s or 0 for j in g.jobs) + sum(b.fit_wall_s or 0 for b in g.bases.values())
     seeds = sorted({j.seed for j in g.jobs})
     lines = [
@@ -174,13 +185,16 @@ def markdown_report(dirs: Sequence[Path], g: Gathered, plot_name: str) -> str:
     ]
     for regime, b in g.bases.items():
         lines += [f"## Base at {regime}", "", *base_lines(b), "",
-                  to_markdown([r for r in g.summary if r["regime"] == regime], SUMMARY_COLUMNS[1:]),
+                  to_markdown([r for r in g.summary if r["regime"] == regime], (*SUMMARY_COLUMNS[1:], *mixed)),
                   *reading(g.summary, regime), ""]
     lines += [f"![held-out perplexity vs tokens]({plot_name})", "",
               "![paired differences against both controls, 95% intervals](differences.png)", "", "## Every job", "",
               "Deltas against the controls of the same regime and seed (at the same lr when the controls ran at "
               "several).", "",
-              to_markdown(g.rows, COLUMNS)]
+              to_markdown(g.rows, (*COLUMNS, *mixed))]
+    if mixed:
+        lines += [f"Pooled across differing training definitions (--allow-mixed): {', '.join(mixed)}; "
+                  "their values are the last columns of the tables.", ""]
     if g.incomplete:
         lines += ["Unfinished jobs (no perplexity_report.json): " + ", ".join(str(p) for p in g.incomplete), ""]
     return "\n".join(lines)
@@ -199,7 +213,10 @@ def write_job_curves(jobs: Sequence[StudyJob], path: Path) -> Path:
                         for (regime, variant, lr), members in by.items() for tokens, mean, std in mean_curve(members)])
 
 
-def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> Gathered:
+def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
+           allow_mixed: Sequence[str] = (), flops_tolerance: float = FLOPS_TOLERANCE) -> Gathered:
+    """Read the sweeps, check that they pool only jobs of one definition (``allow_mixed`` keys aside), and
+    write the tables and plots; raises ValueError (one line) before writing anything otherwise."""
     dirs = [Path(multirun_dirs)] if isinstance(multirun_dirs, (str, Path)) else [Path(d) for d in multirun_dirs]
     dirs = list({d.resolve(): d for d in dirs}.values())  # a directory given twice is read once
     jobs, incomplete = [], []
@@ -213,20 +230,27 @@ def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path
     if mixed := {regime: sorted(map(str, d)) for regime, d in base_dirs.items() if len(d) > 1}:
         raise ValueError(f"jobs continuing different bases share a regime label, which would pair them: {mixed}; "
                          "gather each base's sweeps separately")
+    check_definitions(groups(jobs), allow_mixed)
     bases = {}
     for job in sorted(jobs, key=lambda j: (j.base_tokens_per_param or 0.0, j.regime)):
         bases.setdefault(job.regime, base_info(job.regime, job.base_dir))
     out = Path(out_dir) if out_dir else dirs[0] / "study"
     out.mkdir(parents=True, exist_ok=True)
-    g = Gathered(jobs, incomplete, all_rows(jobs), summary_rows(jobs), bases, {})
-    g.files["csv"] = write_csv(g.rows, COLUMNS, out / "results.csv")
-    g.files["summary_csv"] = write_csv(g.summary, SUMMARY_CSV_COLUMNS, out / "summary.csv")
+    mixed = tuple(allow_mixed)
+    g = Gathered(jobs, incomplete, all_rows(jobs, mixed), summary_rows(jobs, mixed, flops_tolerance), bases, {})
+    for r in g.summary:
+        if r.get("flops_mismatch"):
+            log.warning("%s %s (lr %g): train FLOPs %.4g vs its equal-FLOPs control's %.4g (%+.1f%%, tolerance "
+                        "%g%%): not equal compute", r["regime"], r["variant"], r["lr"], *r["flops_mismatch"],
+                        r["flops_vs_flops_ctrl_pct"], 100 * flops_tolerance)
+    g.files["csv"] = write_csv(g.rows, (*COLUMNS, *mixed), out / "results.csv")
+    g.files["summary_csv"] = write_csv(g.summary, (*SUMMARY_CSV_COLUMNS, *mixed), out / "summary.csv")
     g.files["base_curves"] = write_base_curves(bases, out / "base_curves.csv")
     g.files["job_curves"] = write_job_curves(jobs, out / "job_curves.csv")
     g.files["plot"] = plot_curves(jobs, out / "curves.png")
     g.files["differences_plot"] = plot_differences(g.summary, out / "differences.png")
     g.files["markdown"] = out / "results.md"
-    g.files["markdown"].write_text(markdown_report(dirs, g, g.files["plot"].name))
+    g.files["markdown"].write_text(markdown_report(dirs, g, g.files["plot"].name, mixed))
     return g
 
 
@@ -258,11 +282,16 @@ def main(argv: list[str] | None = None) -> Gathered:
     parser.add_argument("--out", default=None, help="output directory (default: <first multirun dir>/study)")
     parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"])
     parser.add_argument("--wandb-group", default=None, help="default: the jobs' logger.wandb.group")
+    parser.add_argument("--allow-mixed", action="append", default=[], metavar="KEY",
+                        help="pool jobs whose training definitions differ in KEY (a dotted config key; repeatable); "
+                             "the tables show it")
+    parser.add_argument("--flops-tolerance", type=float, default=FLOPS_TOLERANCE,
+                        help="relative FLOPs gap past which an equal-FLOPs comparison is marked unequal")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        g = gather(args.multirun_dirs, args.out)
-    except (FileNotFoundError, ValueError) as err:  # no jobs, unfinished jobs, twins, mixed bases: one line
+        g = gather(args.multirun_dirs, args.out, args.allow_mixed, args.flops_tolerance)
+    except (FileNotFoundError, ValueError) as err:  # no jobs, twins, mixed bases/definitions, stale jobs: one line
         raise SystemExit(f"kiwi.study.gather: error: {err}") from None
     log_to_wandb(g, args.wandb, group=args.wandb_group)
     print(g.files["markdown"].read_text())

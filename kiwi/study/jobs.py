@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from kiwi.cli import CONTROL_FLOPS, CONTROL_TOKENS, LEVER_KEYS, setting_with_levers
 from kiwi.model.loss import perplexity
+from kiwi.study.definition import job_definition
+from kiwi.study.sweeps import check_one_launch
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class StudyJob:
     base_dir: str | None = None          # the base every job of one regime continues (model.base)
     base_tokens_per_param: float | None = None  # the regime knob (study.base_tokens_per_param)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (tokens trained, held-out ppl)
+    definition: dict = field(default_factory=dict)  # kiwi.study.definition.job_definition: what it trained from
 
     @property
     def is_control(self) -> bool:
@@ -147,6 +150,7 @@ def load_job(job_dir: str | Path) -> StudyJob:
         base_dir=_select(cfg, "model.base"),
         base_tokens_per_param=_float_or_none(_select(cfg, "study.base_tokens_per_param")),
         curve=sorted(points.items()),
+        definition=job_definition(cfg, _select(cfg, "model.base")),
     )
 
 
@@ -160,7 +164,9 @@ def load_jobs(multirun_dir: str | Path) -> tuple[list[StudyJob], list[Path]]:
     if not root.is_dir():
         raise FileNotFoundError(f"multirun directory {root} does not exist")
     jobs, incomplete = [], []
-    for job_dir in sorted((p for p in root.iterdir() if (p / ".hydra").is_dir()), key=_job_order):
+    job_dirs = sorted((p for p in root.iterdir() if (p / ".hydra").is_dir()), key=_job_order)
+    check_one_launch(root, job_dirs)
+    for job_dir in job_dirs:
         try:
             jobs.append(load_job(job_dir))
         except FileNotFoundError as err:

@@ -1,7 +1,8 @@
 """The whole DUS study in one command: per regime the base (step 1), then every variant x seed (step 2),
 then the gather. Each step is the `train.py` command a user would type, run as a subprocess; ``--workers``
 of them at once (default 2: the most trained base beside the other regime's jobs), each one's output in
-``logs/<profile>/study_run/<task>.log``.
+``logs/<profile>/<stamp>/study_run/<task>.log``; the sweeps go into that run's own fresh
+``logs/<profile>/<stamp>/tpp<k>/seed<s>``, and the gather reads exactly those.
 
     python -m kiwi.study.run                          # CPU profile, both regimes, seeds 1..3 -> logs/study/<UTC time>
     python -m kiwi.study.run --seeds 1,2 --out docs/study   # refresh the committed tables (an explicit --out)
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,10 +137,18 @@ def run_tasks(tasks: list[Task], workers: int, log_dir: Path, dry: bool = False)
     return walls
 
 
+def sweep_stamp() -> str:
+    """A fresh folder name per study run (UTC time to the microsecond): Hydra never clears a sweep folder, so
+    a rerun into the same one would leave the earlier run's jobs beside the new ones for the gather."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+
+
 def study_tasks(profile: str, regimes: list[str], seeds: int | list[int], variants: str, data: list[str],
-                overrides: list[str]) -> tuple[list[Task], list[str]]:
+                overrides: list[str], stamp: str | None = None) -> tuple[list[Task], list[str]]:
     """Per regime the base, then one multirun of every variant per seed (seeds run in parallel when
-    workers allow); the most trained base first, as it takes longest. Returns (tasks, sweep directories)."""
+    workers allow); the most trained base first, as it takes longest. Every sweep goes into
+    ``logs/<profile>/<stamp>/`` (default: a fresh ``sweep_stamp``). Returns (tasks, sweep directories)."""
+    stamp = stamp or sweep_stamp()
     py = [sys.executable, "train.py"]
     tasks, sweeps = [], []
     for tpp in sorted(regimes, key=float, reverse=True):
@@ -147,7 +157,7 @@ def study_tasks(profile: str, regimes: list[str], seeds: int | list[int], varian
         tasks.append(Task(base, [*py, f"experiment={profile}_base", *regime,
                                  *base_val_every(profile, float(tpp), regime)]))
         for seed in range(1, seeds + 1) if isinstance(seeds, int) else seeds:
-            sweep = f"logs/{profile}/tpp{tpp}/seed{seed}"
+            sweep = f"logs/{profile}/{stamp}/tpp{tpp}/seed{seed}"
             tasks.append(Task(f"tpp{tpp}-seed{seed}", [*py, "-m", f"experiment={profile}", *regime, f"seed={seed}",
                                                          f"+study={variants}", f"hydra.sweep.dir={sweep}"], after=base))
             sweeps.append(sweep)
@@ -233,10 +243,11 @@ def main(argv: list[str] | None = None) -> float:
     out = resolve_out(args.out)
     corpus, corpus_line = resolve_corpus(args.corpus)
     print(f"kiwi.study.run: {corpus_line}; results in {out}", flush=True)
+    stamp = sweep_stamp()
     tasks, sweeps = study_tasks(args.profile, args.regimes.split(","), args.seeds, args.variants,
-                                data_overrides(corpus), args.overrides)
+                                data_overrides(corpus), args.overrides, stamp)
     start = time.perf_counter()
-    walls = run_tasks(tasks, args.workers, ROOT / "logs" / args.profile / "study_run", args.dry_run)
+    walls = run_tasks(tasks, args.workers, ROOT / "logs" / args.profile / stamp / "study_run", args.dry_run)
     wall = time.perf_counter() - start
     gather_cmd = [sys.executable, "-m", "kiwi.study.gather", *sweeps, "--out", str(out), "--wandb", args.wandb]
     print("$", " ".join(gather_cmd), flush=True)

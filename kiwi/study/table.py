@@ -9,8 +9,10 @@ from pathlib import Path
 
 from kiwi import tables
 from kiwi.cli import OWN_LR_TAG
+from kiwi.study.definition import mixed_value
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
 from kiwi.study.stats import PairedDiff, finite, paired_diff, summarize
+from kiwi.train.budget import FLOPS_TOLERANCE
 
 STRATEGY_ORDER = ("interleave", "solar", "stack", "llama_pro", "importance", "explicit", "none")
 # Step-0 perplexities this close (relative) to the base's count as "starts at the base".
@@ -23,7 +25,7 @@ SUMMARY_COLUMNS = ("regime", "variant", "lr", "seeds", "ppl_end_mean", "ppl_end_
 # The CSV's numeric form of the two paired differences (%, 95% t interval, whether it excludes zero).
 SUMMARY_CSV_COLUMNS = (*SUMMARY_COLUMNS[:6], *(f"{c}_{k}" for c in ("vs_tokens", "vs_flops")
                                               for k in ("mean", "low", "high", "excludes_zero")),
-                       "tokens", "train_flops")
+                       "tokens", "train_flops", "flops_vs_flops_ctrl_pct")
 
 
 def variant_order(job: StudyJob) -> tuple:
@@ -48,9 +50,9 @@ def control_lr(jobs: Sequence[StudyJob], regime: str, control: str, variant: str
     return next(iter(lrs)) if len(lrs) == 1 and OWN_LR_TAG in variant else None
 
 
-def all_rows(jobs: Sequence[StudyJob]) -> list[dict]:
+def all_rows(jobs: Sequence[StudyJob], mixed: Sequence[str] = ()) -> list[dict]:
     """One row per job; deltas against the controls of the same regime and seed (the pair), at the same
-    learning rate when the controls were run at several (``control_lr``)."""
+    learning rate when the controls were run at several (``control_lr``); a column per ``mixed`` key."""
     controls = {(j.regime, j.variant, j.lr, j.seed): j for j in jobs if j.is_control}
     bases = {j.regime: j.ppl_step0 for j in jobs if j.is_control and j.ppl_step0 is not None}
     rows = []
@@ -67,6 +69,7 @@ def all_rows(jobs: Sequence[StudyJob]) -> list[dict]:
             "delta_vs_flops_ctrl_pct": delta_pct(job.ppl_end, getattr(ctrl[CONTROL_FLOPS], "ppl_end", None)),
             "tokens": job.tokens, "train_flops": job.train_flops, "wall_s": job.wall_s,
             "strategy": job.strategy, "identity_init": job.identity_init,
+            **{key: mixed_value([job], key) for key in mixed},
         })
     return rows
 
@@ -104,30 +107,53 @@ def seeds_cell(members: Sequence[StudyJob]) -> int | str:
     return f"{len(members)} ({bad} diverged)" if bad else len(members)
 
 
-def summary_rows(jobs: Sequence[StudyJob]) -> list[dict]:
+def mean_flops(members: Sequence[StudyJob]) -> float | None:
+    flops = [j.train_flops for j in members if j.train_flops is not None]
+    return sum(flops) / len(flops) if flops else None
+
+
+def flops_gap_pct(members: Sequence[StudyJob], ref: Sequence[StudyJob] | None) -> float | None:
+    """100 (FLOPs / equal-FLOPs control's FLOPs - 1), means over seeds; None when either is unknown."""
+    mine, theirs = mean_flops(members), mean_flops(ref or [])
+    return None if mine is None or not theirs else 100.0 * (mine / theirs - 1.0)
+
+
+def summary_rows(jobs: Sequence[StudyJob], mixed: Sequence[str] = (),
+                 flops_tolerance: float = FLOPS_TOLERANCE) -> list[dict]:
     """Per (regime, variant, lr): mean ± std of the final ppl over seeds, and the paired difference
     against each control of the same regime (and lr, per ``control_lr``; ``diffs`` keeps the PairedDiff objects).
     Every job has its row; a variant with a diverged seed (or paired with a control that has one) gets no mean
-    and no interval, since summarising the survivors would hide the divergence and bias the result."""
+    and no interval, since summarising the survivors would hide the divergence and bias the result. An
+    equal-FLOPs comparison (any setting but the equal-token control) whose FLOPs differ from the control's by
+    more than ``flops_tolerance`` (relative) is marked in its cell with both FLOPs (``flops_mismatch``);
+    ``mixed`` keys get a column of their values."""
     by = groups(jobs)
     rows = []
     for (regime, variant, lr), members in by.items():
         bad = [j.seed for j in members if diverged(j)]
         s = None if bad else summarize([j.ppl_end for j in members])
         ends = {j.seed: j.ppl_end for j in members}
-        diffs = {}
+        diffs, refs = {}, {}
         for ctrl in (CONTROL_TOKENS, CONTROL_FLOPS):
-            ref = by.get((regime, ctrl, control_lr(jobs, regime, ctrl, variant, lr)))
+            ref = refs[ctrl] = by.get((regime, ctrl, control_lr(jobs, regime, ctrl, variant, lr)))
             usable = ref is not None and ctrl != variant and not bad and not any(diverged(j) for j in ref)
             diffs[ctrl] = paired_diff(ends, {j.seed: j.ppl_end for j in ref}) if usable else None
+        # the equal-token control costs fewer FLOPs by design; every other setting is meant to match the FLOPs
+        gap = flops_gap_pct(members, refs[CONTROL_FLOPS]) if variant not in (CONTROL_TOKENS, CONTROL_FLOPS) else None
+        unequal = gap is not None and abs(gap) > 100 * flops_tolerance
         rows.append({
             "regime": regime, "variant": variant, "lr": lr, "seeds": seeds_cell(members),
             "ppl_end_mean": s and s.mean, "ppl_end_std": s and s.std,
             **{key: "n/a (diverged)" if bad and ctrl != variant else fmt_diff(diffs[ctrl])
                for key, ctrl in (("vs_tokens_ctrl", CONTROL_TOKENS), ("vs_flops_ctrl", CONTROL_FLOPS))},
             "tokens": members[0].tokens, "train_flops": members[0].train_flops, "diffs": diffs,
-            "diverged_seeds": bad,
+            "diverged_seeds": bad, "flops_vs_flops_ctrl_pct": gap,
+            "flops_mismatch": (mean_flops(members), mean_flops(refs[CONTROL_FLOPS])) if unequal else None,
+            **{key: mixed_value(members, key) for key in mixed},
         })
+        if unequal:
+            mine, theirs = rows[-1]["flops_mismatch"]
+            rows[-1]["vs_flops_ctrl"] += f" (unequal FLOPs: {mine:.4g} vs control {theirs:.4g}, {gap:+.1f}%)"
         for short, ctrl in (("vs_tokens", CONTROL_TOKENS), ("vs_flops", CONTROL_FLOPS)):
             d = diffs[ctrl]
             rows[-1].update({f"{short}_mean": d and d.mean, f"{short}_low": d and d.low,

@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from kiwi.train.flops import flops_per_token
 from kiwi.upscale import count_parameters
 
+# A FLOPs-matched run (budget.match_flops_layers, distillation's flops_matched) whose FLOPs miss their target
+# by more than this (relative; whole-step rounding at small budgets) is not equal compute: warned, and flagged
+# in the study's equal-FLOPs comparisons.
+FLOPS_TOLERANCE = 0.02
+
 
 @dataclass(frozen=True)
 class Budget:

@@ -17,12 +17,14 @@ from kiwi.study.table import summary_rows
 
 def _job(root: Path, num: int, strategy: str, identity: bool, lr: float, before: float, after: float,
          tokens: int = 4096, trainable: str = "all", match_flops: int | None = None, seed: int = 1,
-         norewarm: bool = False) -> None:
+         norewarm: bool = False, budget_tokens: int | None = None) -> None:
+    """One finished job; ``budget_tokens`` is its config's budget.total_tokens when it trains on other
+    ``tokens`` (the equal-FLOPs control trains on more tokens than the budget it matches)."""
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
     cfg = {"seed": seed, "optimizer": {"lr": lr},
            "model": {"layer_selection": {"strategy": strategy, "identity_init": identity, "trainable": trainable}},
-           "budget": {"total_tokens": tokens, "match_flops_layers": match_flops},
+           "budget": {"total_tokens": budget_tokens or tokens, "match_flops_layers": match_flops},
            "logger": {"wandb": {"group": "g", "project": "p"}}}
     if norewarm:  # the no-re-warming lever: a constant lr without warmup
         cfg["scheduler"], cfg["budget"]["warmup_fraction"] = {"_target_": "kiwi.train.schedule.warmup_constant"}, 0.0
@@ -41,7 +43,7 @@ def sweep(tmp_path) -> Path:
     _job(root, 2, "solar", False, 1e-3, 400.0, 99.0)
     _job(root, 3, "none", False, 1e-3, 100.0, 92.0)
     _job(root, 4, "none", False, 3e-3, 100.0, 91.0)
-    _job(root, 5, "none", False, 1e-3, 100.0, 88.0, tokens=6144, match_flops=8)
+    _job(root, 5, "none", False, 1e-3, 100.0, 88.0, tokens=6144, match_flops=8, budget_tokens=4096)
     (root / "6" / ".hydra").mkdir(parents=True)  # a job that never finished
     return root
 
@@ -285,3 +287,160 @@ def test_gather_of_an_empty_directory_is_one_line_and_writes_nothing(tmp_path, c
     with pytest.raises(SystemExit, match=r"^kiwi.study.gather: error: .*empty: no finished train.py jobs"):
         main([str(tmp_path / "empty"), "--wandb", "disabled"])
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def _launch(root: Path, task: list[str], jobs: list[tuple[int, str, bool]]) -> None:
+    """What one `train.py -m ... hydra.sweep.dir=root` launch leaves: its multirun.yaml (the swept overrides)
+    and, per job, the job folder and the job's own overrides (`+study=<variant>`, `seed=1`)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    for num, strategy, identity in jobs:
+        if (root / str(num)).exists():  # Hydra reuses job number num: its folder is rewritten
+            import shutil
+            shutil.rmtree(root / str(num))
+        _job(root, num, strategy, identity, 1e-3, 100.0, 90.0 + num)
+        variant = _label(strategy, identity, "all", False)
+        (root / str(num) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"+study={variant}", "seed=1"]))
+
+
+def test_a_rerun_with_fewer_variants_into_the_same_folder_is_refused(tmp_path, capsys):
+    """The first launch swept three variants, the rerun two: job 2 (stack_id) is the first launch's, and
+    gathering it beside the rerun's controls would pair jobs of two runs."""
+    from kiwi.study.gather import main
+
+    root = tmp_path / "sweep"
+    _launch(root, ["+study=control_tokens,interleave_id,stack_id", "seed=1"],
+            [(0, "none", False), (1, "interleave", True), (2, "stack", True)])
+    assert {j.variant for j in load_jobs(root)[0]} == {"control_tokens", "interleave_id", "stack_id"}  # one launch
+    _launch(root, ["+study=control_tokens,interleave_id", "seed=1"], [(0, "none", False), (1, "interleave", True)])
+    with pytest.raises(ValueError, match=r"sweep/2: left by an earlier launch .*more than one sweep"):
+        gather(root, tmp_path / "out")
+    with pytest.raises(SystemExit, match=r"^kiwi.study.gather: error: .*sweep/2: left by an earlier launch[^\n]*$"):
+        main([str(root), "--out", str(tmp_path / "out"), "--wandb", "disabled"])
+    assert not (tmp_path / "out").exists()
+    # the same number of jobs, other values: job 1 is interleave_id from the first launch, not stack_id
+    _launch(root, ["+study=control_tokens,stack_id", "seed=1"], [(0, "none", False)])
+    with pytest.raises(ValueError, match=r"sweep/1: left by an earlier launch into the same folder "
+                                         r"\(\+study=interleave_id is not"):
+        gather(root, tmp_path / "out")
+
+
+def test_every_study_run_writes_fresh_sweep_folders():
+    """python -m kiwi.study.run never reruns into a folder an earlier run wrote (Hydra would keep its jobs)."""
+    from kiwi.study.run import study_tasks
+
+    first = study_tasks("study_cpu", ["64"], 2, "control_tokens", [], [])[1]
+    second = study_tasks("study_cpu", ["64"], 2, "control_tokens", [], [])[1]
+    assert len(first) == len(second) == 2 and not set(first) & set(second)
+
+
+def _regime(root: Path, ends: dict[str, list[float]], tokens: dict[str, list[int]]) -> None:
+    """Both seeds (or more) of the equal-token control and interleave_id, each seed at its own token budget."""
+    settings = {"control_tokens": ("none", False), "interleave_id": ("interleave", True)}
+    num = 0
+    for variant, (strategy, identity) in settings.items():
+        for seed, (end, t) in enumerate(zip(ends[variant], tokens[variant], strict=True), start=1):
+            _job(root, num, strategy, identity, 1e-3, 100.0, end, tokens=t, seed=seed)
+            num += 1
+
+
+def test_jobs_of_one_setting_at_different_budgets_are_refused_unless_allowed(tmp_path, capsys):
+    """Seeds 1-2 at 4,096 tokens and seed 3 at 8,192 would be averaged into one row labelled 4,096."""
+    from kiwi.study.gather import main
+
+    root = tmp_path / "sweep"
+    _regime(root, {"control_tokens": [92.0, 93.0, 80.0], "interleave_id": [90.0, 91.0, 79.0]},
+            {"control_tokens": [4096, 4096, 8192], "interleave_id": [4096, 4096, 8192]})
+    with pytest.raises(ValueError, match=r"sweep/2: its training definition differs from .*sweep/0 \(same variant "
+                                         r"control_tokens, lr 0.001\) in budget.total_tokens=8192 vs 4096"):
+        gather(root, tmp_path / "out")
+    with pytest.raises(SystemExit, match=r"^kiwi.study.gather: error: .*--allow-mixed budget.total_tokens[^\n]*$"):
+        main([str(root), "--out", str(tmp_path / "out"), "--wandb", "disabled"])
+    assert not (tmp_path / "out").exists()
+    g = gather(root, tmp_path / "out", allow_mixed=["budget.total_tokens"])
+    row = next(r for r in g.summary if r["variant"] == "interleave_id")
+    assert row["seeds"] == 3 and row["budget.total_tokens"] == "4096 / 8192"
+    md = g.files["markdown"].read_text()
+    assert "| budget.total_tokens |" in md and "(--allow-mixed): budget.total_tokens" in md
+    assert g.files["summary_csv"].read_text().splitlines()[0].endswith(",budget.total_tokens")
+
+
+def test_a_variant_at_twice_the_tokens_is_not_paired_with_1x_controls(tmp_path):
+    root = tmp_path / "sweep"
+    _regime(root, {"control_tokens": [92.0, 93.0], "interleave_id": [85.0, 86.0]},
+            {"control_tokens": [4096, 4096], "interleave_id": [8192, 8192]})
+    with pytest.raises(ValueError, match=r"sweep/2: its training definition differs from .*sweep/0 \(its pair in "
+                                         r"regime base\) in budget.total_tokens=8192 vs 4096"):
+        gather(root, tmp_path / "out")
+
+
+@pytest.mark.parametrize("key, value", [("data.num_workers", 2), ("data.seq_len", 128), ("model.tiny.hidden_size", 64),
+                                        ("data.tokenizer", "tiktoken")])
+def test_any_other_training_difference_within_a_regime_is_refused(tmp_path, key, value):
+    root = tmp_path / "sweep"
+    _regime(root, {"control_tokens": [92.0, 93.0], "interleave_id": [90.0, 91.0]},
+            {"control_tokens": [4096, 4096], "interleave_id": [4096, 4096]})
+    path = root / "3" / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(path)
+    OmegaConf.update(cfg, key, value, force_add=True)
+    OmegaConf.save(cfg, path)
+    with pytest.raises(ValueError, match=rf"sweep/3: its training definition differs .* in {key}={value!r} vs "):
+        gather(root, tmp_path / "out")
+
+
+def test_run_local_keys_do_not_split_a_group(tmp_path):
+    """Output paths and the logger are where a run is recorded, not what it trains; data.seed is the seed."""
+    root = tmp_path / "sweep"
+    _regime(root, {"control_tokens": [92.0, 93.0], "interleave_id": [90.0, 91.0]},
+            {"control_tokens": [4096, 4096], "interleave_id": [4096, 4096]})
+    for num in range(4):
+        path = root / str(num) / ".hydra" / "config.yaml"
+        cfg = OmegaConf.load(path)
+        cfg.paths = {"output_dir": "${hydra:runtime.output_dir}", "log_dir": f"/somewhere/{num}"}
+        cfg.logger.wandb.name = f"run-{num}"
+        cfg.trainer = {"default_root_dir": "${paths.output_dir}"}
+        cfg.data = {"seed": "${seed}"}  # follows the seed, which differs by design
+        OmegaConf.save(cfg, path)
+    assert len(gather(root, tmp_path / "out").summary) == 2
+
+
+def _set_flops(root: Path, num: int, flops: float) -> None:
+    path = root / str(num) / "perplexity_report.json"
+    report = json.loads(path.read_text())
+    report["train_flops"] = flops
+    path.write_text(json.dumps(report))
+
+
+def test_an_equal_flops_comparison_with_unequal_flops_is_marked(tmp_path, caplog):
+    """Distillation at equal FLOPs whose whole-step rounding gave +23.7% FLOPs over the equal-FLOPs control is
+    marked in the table and the reading, naming both FLOPs, and warned about; a 1% gap is within the 2%."""
+    root = tmp_path / "sweep"
+    for seed in (1, 2):
+        _job(root, 10 * seed, "none", False, 1e-3, 100.0, 92.0 + seed, seed=seed)
+        _job(root, 10 * seed + 1, "none", False, 1e-3, 100.0, 90.0 + seed, tokens=6144, match_flops=8,
+             budget_tokens=4096, seed=seed)
+        _job(root, 10 * seed + 2, "interleave", True, 1e-3, 100.0, 88.0 + seed, seed=seed)
+        _job(root, 10 * seed + 3, "interleave", True, 1e-3, 100.0, 87.0 + seed, seed=seed)
+        d = root / str(10 * seed + 3) / ".hydra" / "config.yaml"
+        cfg = yaml.safe_load(d.read_text())
+        cfg["module"] = {"distill": {"alpha": 0.5, "temperature": 1.0, "flops_matched": True}}
+        d.write_text(yaml.safe_dump(cfg))
+        _set_flops(root, 10 * seed + 1, 1.0e12)
+        _set_flops(root, 10 * seed + 2, 0.99e12)
+        _set_flops(root, 10 * seed + 3, 1.237e12)
+    caplog.set_level("WARNING")
+    g = gather(root, tmp_path / "out")
+    rows = {r["variant"]: r for r in g.summary}
+    assert rows["interleave_id"]["flops_mismatch"] is None and "unequal" not in rows["interleave_id"]["vs_flops_ctrl"]
+    assert rows["interleave_id"]["flops_vs_flops_ctrl_pct"] == pytest.approx(-1.0)
+    distill = rows["interleave_id_distill"]
+    assert distill["flops_mismatch"] == (pytest.approx(1.237e12), pytest.approx(1.0e12))
+    assert distill["vs_flops_ctrl"].endswith("(unequal FLOPs: 1.237e+12 vs control 1e+12, +23.7%)")
+    md = g.files["markdown"].read_text()
+    assert "(unequal FLOPs: 1.237e+12 vs control 1e+12, +23.7%) |" in md
+    assert "Not equal compute (train FLOPs differ from the equal-FLOPs control's by more than the tolerance; " in md
+    assert "interleave_id_distill (lr 0.001): 1.237e+12 vs control_flops 1e+12 (+23.7%)" in md
+    assert any("interleave_id_distill" in r.message and "not equal compute" in r.message for r in caplog.records)
+    assert "interleave_id," not in [line for line in md.splitlines() if "unequal" in line][0]
+    loose = gather(root, tmp_path / "loose", flops_tolerance=0.3)
+    assert all(r["flops_mismatch"] is None for r in loose.summary)

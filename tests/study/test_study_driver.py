@@ -50,14 +50,15 @@ def test_a_failed_task_stops_its_dependents_and_is_named(tmp_path):
 
 def test_the_plan_is_one_base_then_one_multirun_per_seed_most_trained_first(capsys):
     tasks, sweeps = study_tasks("study_cpu", ["2", "512"], 3, "control_tokens,interleave_id", [],
-                                ["trainer.log_every_n_steps=1"])
+                                ["trainer.log_every_n_steps=1"], stamp="20261206-120000-000000")
     assert [t.name for t in tasks] == ["base-tpp512", "tpp512-seed1", "tpp512-seed2", "tpp512-seed3",
                                        "base-tpp2", "tpp2-seed1", "tpp2-seed2", "tpp2-seed3"]
     assert all(t.after == f"base-tpp{t.name[3:].split('-')[0]}" for t in tasks if "seed" in t.name)
     seed2 = tasks[2].cmd
     assert "seed=2" in seed2 and "+study=control_tokens,interleave_id" in seed2
     assert "trainer.log_every_n_steps=1" in seed2
-    assert "hydra.sweep.dir=logs/study_cpu/tpp512/seed2" in seed2 and sweeps[1] == "logs/study_cpu/tpp512/seed2"
+    sweep2 = "logs/study_cpu/20261206-120000-000000/tpp512/seed2"  # this run's own folder, never an earlier run's
+    assert f"hydra.sweep.dir={sweep2}" in seed2 and sweeps[1] == sweep2
     main(["--dry-run", "--regimes", "4,8", "--seeds", "2", "--corpus", "docstrings"])
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
     assert len(printed) == 2 * 3 + 1 and printed[-1].startswith(f"$ {sys.executable} -m kiwi.study.gather")
