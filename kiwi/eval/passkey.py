@@ -258,9 +258,9 @@ def plot_passkey(results, models: Sequence[str], path: Path, task: str = "passke
     import matplotlib.pyplot as plt
 
     n = len(models)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 0.8, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 0.8, 3.8), squeeze=False, layout="constrained")
     image = None
-    for ax, m in zip(axes[0], models, strict=True):
+    for col, (ax, m) in enumerate(zip(axes[0], models, strict=True)):
         lengths, depths, acc = grid(results[m][task])
         values = [[acc[(length, d)] for length in lengths] for d in depths]
         image = ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto", origin="upper")
@@ -271,8 +271,9 @@ def plot_passkey(results, models: Sequence[str], path: Path, task: str = "passke
         ax.set_xticks(range(len(lengths)), [length_label(x) for x in lengths], fontsize=8)
         ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths], fontsize=8)
         ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel("needle depth")
+        if col == 0:
+            ax.set_ylabel("needle depth (% of the filler before the key)")
         ax.set_title(f"{m}\n{task}: accuracy {results[m][task]['acc']:.2f}", fontsize=9)
     fig.colorbar(image, ax=list(axes[0]), label="exact retrieval accuracy", fraction=0.05)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120)
     plt.close(fig)
