@@ -81,8 +81,10 @@ def sentences(text: str) -> list[str]:
 
 
 def load_filler(task: Mapping[str, Any]) -> Filler:
-    """The filler sentences: ``filler`` (default the original's repeated text), or every document of
-    ``filler_files`` (jsonl/json/parquet with ``text_field``, or .txt) split into sentences."""
+    """The filler sentences: ``filler`` (default the original's repeated text), or the documents of
+    ``filler_files`` (jsonl/json/parquet with ``text_field``, or .txt) split into sentences, read in order
+    until they hold 16 x the longest length in bytes (trials start at different sentences; a haystack
+    longer than the text wraps round to its start)."""
     check_task(task)
     name = task.get("name", "passkey")
     files = task.get("filler_files")
@@ -98,7 +100,14 @@ def load_filler(task: Mapping[str, Any]) -> Filler:
     except (ValueError, TypeError) as err:
         raise ConfigError(f"tasks.{name}.filler_files: {err}") from err
     source.prepare()
-    out = [s for _, text in source.records(Selection(), SourceStats()) if text for s in sentences(text)]
+    out: list[str] = []
+    enough, got = 16 * max(task["lengths"]), 0  # bytes: a token is at least one, so >= 16 prompts' worth
+    for _, text in source.records(Selection(), SourceStats()):
+        if text:
+            out += sentences(text)
+            got += len(text.encode("utf-8"))
+        if got >= enough:
+            break
     if not out:
         raise TaskDataError(f"tasks.{name}.filler_files ({source.describe()}) holds no text to use as filler")
     return Filler(out, f"tasks.{name}.filler_files: {source.describe()}")
