@@ -102,7 +102,7 @@ if not (out / 'config.json').exists(): make_base(out)"
   step evaluate_32k 100 hydra "$PY" evaluate.py compare_base=false evaluate_model=false "checkpoints=[$RUNS/export]" \
     "${DATA[@]}" "run_tasks=[long_ppl,passkey]" tasks.long_ppl.max_length=32768 tasks.long_ppl.documents=2 \
     tasks.long_ppl.concatenate=true "tasks.passkey.lengths=[1024,4096,16384,32768]" tasks.passkey.trials=4 \
-    device=cuda token_budget=32768 progress=false "hydra.run.dir=$RUNS/eval"
+    model.dtype=bfloat16 device=cuda token_budget=32768 progress=false "hydra.run.dir=$RUNS/eval"
 fi
 
 if [ "$MODE" != dry ]; then

@@ -19,6 +19,7 @@ from ``seed``, so cells differ only in length and depth.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,8 @@ FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. Th
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,10 @@ def evaluate_passkey(model, tokenizer, filler: Filler, task: Mapping[str, Any], 
     ``key_logprob@<length>@<depth>`` (mean over trials); one record per trial."""
     builder = PromptBuilder(tokenizer, filler, task)
     lengths, depths, trials = list(task["lengths"]), list(task["depths"]), n_trials(task)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and max(lengths) > max_positions:
+        log.warning("passkey: lengths %s exceed the model's max_position_embeddings=%d (scored anyway: "
+                    "extrapolation)", [n for n in lengths if n > max_positions], max_positions)
     metrics: dict[str, Any] = {}
     records: list[dict] = []
     cells = [(n, d) for n in lengths for d in depths]

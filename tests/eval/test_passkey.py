@@ -146,3 +146,20 @@ def test_evaluate_writes_grid_results_heatmap_and_wandb(tmp_path, kiwi_cache):
 def test_custom_filler_text_is_split_into_sentences(eval_tokenizer):
     filler = load_filler(_task(filler="One thing. Another thing!"))
     assert filler == Filler(["One thing.", "Another thing!"], "tasks.passkey.filler")
+
+
+def test_real_wikipedia_filler_from_the_shared_shards(tiny_lm, eval_tokenizer):
+    """filler_files on the shared Wikipedia shard (gzipped jsonl): real sentences, read only as far as needed."""
+    from tests.helpers import requires_shared
+
+    shard = requires_shared("data", "wikipedia-en-2015", "train-00.jsonl.gz")
+    task = _task(lengths=[384], depths=[50], trials=2, filler_files=[str(shard)])
+    filler = load_filler(task)
+    assert "wikipedia-en-2015" in filler.origin and FILLER.split(".")[0] + "." not in filler.sentences
+    assert sum(len(s) for s in filler.sentences) < 64 * 384 * 16  # stopped after ~16 x 384 bytes of articles
+
+    class Cfg:
+        token_budget = 1024
+
+    metrics, records = evaluate_passkey(tiny_lm, eval_tokenizer, filler, task, Cfg, None)
+    assert metrics["n"] == 2 and {r["depth"] for r in records} == {50}
