@@ -55,6 +55,7 @@ class PackedDataModule(L.LightningDataModule):
         tokenize_batch: int = 64,
         pin_memory: bool = False,
         encoder: str = "tokenizer",
+        document_mask: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -90,6 +91,9 @@ class PackedDataModule(L.LightningDataModule):
         self.repeat = repeat
         self.tokenize_batch = tokenize_batch
         self.pin_memory = pin_memory
+        if not isinstance(document_mask, bool):
+            raise ConfigError(f"data.document_mask must be true or false, got {document_mask!r}")
+        self.document_mask = document_mask
         self.train_dataset: PackedDataset | None = None
         self.val_dataset: PackedDataset | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -130,7 +134,8 @@ class PackedDataModule(L.LightningDataModule):
     def _build(self) -> None:
         self.source.prepare()
         rank, world = self._rank_world()
-        common = {"source": self.source, "tokenizer": self.tokenizer, "tokenize_batch": self.tokenize_batch}
+        common = {"source": self.source, "tokenizer": self.tokenizer, "tokenize_batch": self.tokenize_batch,
+                  "document_mask": self.document_mask}
         self.train_dataset = PackedDataset(
             seq_len=self.seq_len,
             rank=rank,

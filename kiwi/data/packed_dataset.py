@@ -103,6 +103,7 @@ class PackedDataset(IterableDataset):
         emit_state: bool = False,
         tokenize_batch: int = 64,
         max_tokens: int | None = None,
+        document_mask: bool = True,
     ) -> None:
         super().__init__()
         dist_rank, dist_world = dist_rank_world()
@@ -134,6 +135,7 @@ class PackedDataset(IterableDataset):
                 "(it bounds a held-out set, which is read from its start each time)"
             )
         self.max_tokens = max_tokens
+        self.document_mask = bool(document_mask)  # False: one causal sequence per row (kiwi.data.packing)
         self.stats = SourceStats()
         # Resume state (see module docstring); positions are keyed by global stream id.
         self.n_streams: int | None = None
@@ -219,7 +221,8 @@ class PackedDataset(IterableDataset):
         docs = self._tokenized(texts)
         if self.max_tokens is not None:
             docs = cut_tokens(docs, self.max_tokens)
-        yield from pack_documents(docs, self.seq_len, self.eos_id, doc=doc, offset=offset)
+        yield from pack_documents(docs, self.seq_len, self.eos_id, doc=doc, offset=offset,
+                                  document_mask=self.document_mask)
 
     def _rows_with_positions(self, stream: int, n_streams: int, epoch: int, doc: int, offset: int):
         """Rows of one epoch with the position after each; the last row points at the next epoch (one row

@@ -13,6 +13,13 @@ Conventions (the batch contract of the whole project):
   ever predicted across a document boundary;
 - only the very last row of a stream may be short; it is padded with EOS tokens whose labels are -100
   and whose positions restart at 0, so the padding is its own masked "document".
+
+``document_mask=False`` (``data.document_mask``) is the other common choice: the row is one causal
+sequence, ``position_ids`` run 0..seq_len-1 straight through it, and every token attends to every
+earlier token of the row, other documents included. transformers sees no packed documents in
+monotone positions, so sdpa, eager and flex_attention all get the plain causal mask. The labels are
+the same as with the mask (-100 at every segment start and on padding), so both settings score the
+same tokens and their losses compare one to one; only what each token attends to changes.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ def buffer_shuffle(items: Iterable[T], buffer_size: int, rng: random.Random) -> 
     yield from buffer
 
 
-def _row(parts: list[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+def _row(parts: list[np.ndarray], seq_len: int, pad_id: int, document_mask: bool = True) -> dict[str, np.ndarray]:
     lengths = [len(p) for p in parts]
     fill = sum(lengths)
     if fill < seq_len:
@@ -53,7 +60,9 @@ def _row(parts: list[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.nda
         lengths.append(seq_len - fill)
     input_ids = np.concatenate(parts)
     starts = np.cumsum([0, *lengths[:-1]])
-    position_ids = np.arange(seq_len, dtype=np.int64) - np.repeat(starts, lengths)
+    position_ids = np.arange(seq_len, dtype=np.int64)
+    if document_mask:
+        position_ids -= np.repeat(starts, lengths)
     labels = input_ids.copy()
     labels[starts] = IGNORE_INDEX
     if fill < seq_len:
@@ -62,7 +71,7 @@ def _row(parts: list[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.nda
 
 
 def pack_documents(
-    docs: Iterable[np.ndarray], seq_len: int, pad_id: int, doc: int = 0, offset: int = 0
+    docs: Iterable[np.ndarray], seq_len: int, pad_id: int, doc: int = 0, offset: int = 0, document_mask: bool = True
 ) -> Iterator[tuple[dict[str, np.ndarray], int, int]]:
     """Yield ``(row, next_doc, next_offset)``; ``docs`` are token arrays (EOS included) numbered from
     ``doc``, and the first one is entered at token ``offset`` (resuming mid-document).
@@ -83,8 +92,8 @@ def pack_documents(
             pos += take
             if fill == seq_len:
                 nxt = (doc, pos) if pos < length else (doc + 1, 0)
-                yield _row(parts, seq_len, pad_id), *nxt
+                yield _row(parts, seq_len, pad_id, document_mask), *nxt
                 parts, fill = [], 0
         doc += 1
     if fill:
-        yield _row(parts, seq_len, pad_id), doc, 0
+        yield _row(parts, seq_len, pad_id, document_mask), doc, 0

@@ -44,7 +44,7 @@ class HeldoutData:
 def describe_data(data: Mapping) -> str:
     src = dict(data.get("source") or {})
     where = src.get("files") or src.get("path") or src.get("packages") or ""
-    keys = ("seq_len", "val_seq_len", "val_documents", "val_tokens", "val_batch_size")
+    keys = ("seq_len", "val_seq_len", "val_documents", "val_tokens", "val_batch_size", "document_mask")
     return ", ".join([f"source={src.get('kind')} {where}".strip(),
                       *(f"{k}={data[k]}" for k in keys if k in data)])
 

@@ -29,6 +29,7 @@ from kiwi.eval.encoding import encode_pair, model_max_length, prefix_token_id
 from kiwi.eval.heldout import HeldoutData, heldout_batches, heldout_definitions
 from kiwi.eval.long_ppl import evaluate_long_ppl, load_long_texts, write_long_ppl_report
 from kiwi.eval.metrics import choice_metrics, choice_records, rolling_metrics, rolling_records
+from kiwi.eval.passkey import evaluate_passkey, load_filler, write_passkey_report
 from kiwi.eval.perplexity import heldout_nll, score_documents
 from kiwi.eval.preflight import check_eval_config, checkpoint_entry
 from kiwi.eval.report import log_to_loggers, markdown_table, write_report
@@ -39,7 +40,11 @@ from kiwi.model.loss import perplexity
 
 log = logging.getLogger(__name__)
 
-TASK_TYPES = ("multiple_choice", "rolling", "heldout", "long_ppl")
+TASK_TYPES = ("multiple_choice", "rolling", "heldout", "long_ppl", "passkey")
+# Task types with their own tables and figure, and the writer of each.
+TASK_REPORTS = {"long_ppl": write_long_ppl_report, "passkey": write_passkey_report}
+# Task types whose rows are not lm-eval documents (loaded by their own module, or none).
+_OWN_ROWS = ("heldout", "long_ppl", "passkey")
 
 
 @dataclass
@@ -251,6 +256,8 @@ def evaluate_model(model, tokenizer, tasks: dict[str, dict], docs: dict, cfg, na
             metrics, records = evaluate_rolling_task(model, tokenizer, docs[task_name], cfg, desc)
         elif task["type"] == "long_ppl":
             metrics = evaluate_long_ppl(model, tokenizer, docs[task_name], task, cfg, desc)
+        elif task["type"] == "passkey":
+            metrics, records = evaluate_passkey(model, tokenizer, docs[task_name], task, cfg, desc)
         else:
             nll, n_tok = heldout_nll(model, heldout_batches(heldout, tokenizer, task.get("limit")), cfg.chunk, desc)
             metrics = {"ppl": perplexity(nll / n_tok), "nll": nll,
@@ -309,26 +316,28 @@ def run(cfg: DictConfig) -> dict:
     print(f"\nkiwi eval: outputs in {out_dir}\n")
     print(markdown_table(results))
     for name, report in reports.items():
-        print(f"{name} by position:\n{report['markdown'].read_text(encoding='utf-8')}")
+        print(f"{name}:\n{report['markdown'].read_text(encoding='utf-8')}")
     for name, held in heldout.items():
         print(f"heldout for {name}: {held.describe()}")
     return results
 
 
 def task_reports(results: dict, tasks: dict[str, dict], out_dir: Path) -> dict[str, dict[str, Path]]:
-    """The tables and figure of every task that has its own (``long_ppl``), by task name."""
-    return {name: p for name, t in tasks.items() if t["type"] == "long_ppl"
-            if (p := write_long_ppl_report(results, out_dir, name))}
+    """The tables and figure of every task that has its own (``long_ppl``, ``passkey``), by task name."""
+    return {name: p for name, t in tasks.items() if t["type"] in TASK_REPORTS
+            if (p := TASK_REPORTS[t["type"]](results, out_dir, name))}
 
 
 def task_docs(tasks: dict[str, dict], cfg: DictConfig | None = None) -> dict[str, list]:
     """The rows of every task that has rows (not ``heldout``), each checked to fit its task type;
-    ``long_ppl`` gets its candidate long documents (from its own files or the eval config's ``data``)."""
+    ``long_ppl`` gets its candidate long documents (from its own files or the eval config's ``data``),
+    ``passkey`` its filler sentences."""
     data_cfg = as_dict(cfg.get("data")) if cfg is not None and cfg.get("data") is not None else None
     docs = {name: load_long_texts(t, data_cfg) for name, t in tasks.items() if t["type"] == "long_ppl"}
-    docs.update({name: load_docs(t) for name, t in tasks.items() if t["type"] not in ("heldout", "long_ppl")})
+    docs.update({name: load_filler(t) for name, t in tasks.items() if t["type"] == "passkey"})
+    docs.update({name: load_docs(t) for name, t in tasks.items() if t["type"] not in _OWN_ROWS})
     for name, rows in docs.items():
-        if tasks[name]["type"] == "long_ppl":
+        if tasks[name]["type"] in _OWN_ROWS:
             continue
         kind = ChoiceDoc if tasks[name]["type"] == "multiple_choice" else TextDoc
         if not isinstance(rows[0], kind):

@@ -6,6 +6,7 @@ at step 0 are built the same way; loading saved models and checkpoints is ``kiwi
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -96,6 +97,24 @@ def load_base_config(base: str, revision: str | None = None):
         raise hub_error("model.base", base, why, err) from err
 
 
+def config_overrides(model_cfg: Mapping, base_config) -> dict:
+    """``{"config": ...}`` for ``from_pretrained`` when ``model.rope_theta`` is set: the base's config with
+    that RoPE base frequency (the rotary tables are computed from the config, never loaded); ``{}``
+    keeps the base's own (Qwen2.5-0.5B: 1,000,000)."""
+    theta = model_cfg.get("rope_theta")
+    if theta is None:
+        return {}
+    if isinstance(theta, bool) or not isinstance(theta, int | float) or not theta > 0:
+        raise ConfigError(f"model.rope_theta must be a positive number or null (the base's own), got {theta!r}")
+    rope = getattr(base_config, "rope_parameters", None)
+    if not isinstance(rope, Mapping) or "rope_theta" not in rope:
+        raise ConfigError(f"model.rope_theta: the base config ({type(base_config).__name__}) has no "
+                          "rope_parameters.rope_theta to override")
+    config = copy.deepcopy(base_config)
+    config.rope_parameters = {**rope, "rope_theta": float(theta)}
+    return {"config": config}
+
+
 def plan_for(model_cfg: Mapping, base_config, scores=None):
     """Validate the layer selection against the base config (no weights needed, except importance scores)."""
     return layer_plan(as_dict(model_cfg.get("layer_selection")), base_config.num_hidden_layers, scores=scores,
@@ -146,7 +165,7 @@ def build_model(model_cfg: Mapping | DictConfig, cache_dir: str | Path,
     attn = resolve_attn(model_cfg.get("attn_implementation", "auto"), torch.device(device).type)
     model = AutoModelForCausalLM.from_pretrained(
         base, revision=model_cfg.get("revision"), dtype=torch_dtype(model_cfg.get("dtype", "float32")),
-        attn_implementation=attn,
+        attn_implementation=attn, **config_overrides(model_cfg, base_config),
     )
     measurement = None
     if plan is None:
