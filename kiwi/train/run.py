@@ -18,7 +18,16 @@ from kiwi.errors import ConfigError
 from kiwi.loggers import quiet_library_bars
 from kiwi.model.build import TRAINING_KEY, BuiltModel, as_dict, build_model
 from kiwi.model.io import export_hf
-from kiwi.train.budget import Budget, flops_matched_tokens, make_budget, teacher_matched_tokens, tokens_per_param_budget
+from kiwi.train.budget import (
+    FLOPS_TOLERANCE,
+    Budget,
+    at_depth,
+    flops_matched_tokens,
+    make_budget,
+    teacher_matched_tokens,
+    tokens_per_param_budget,
+    training_flops,
+)
 from kiwi.train.callbacks import CheckpointOnSignal, EmptyEpochGuard, RunInterrupted
 from kiwi.train.checkpoint import publish_checkpoint_dirs
 from kiwi.train.levers import distill_settings, run_flops
@@ -66,6 +75,8 @@ def train(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
     stopper.distributed = trainer.world_size > 1
     publish_checkpoint_dirs(trainer.strategy)
     log_start(cfg, built, module, budget, loggers)
+    planned, _ = planned_flops(cfg, trainer, module, built, budget, budget.steps)
+    warn_flops_gap(flops_gap(planned, flops_target(cfg, built)))
 
     history.before = _val_ppl(trainer, module, datamodule) if cfg.validate_before and not cfg.get("ckpt_path") else None
     start = time.perf_counter()
@@ -86,21 +97,60 @@ def train(cfg: DictConfig, stopper: CheckpointOnSignal) -> dict:
     return result
 
 
+def planned_tokens(cfg: DictConfig, built: BuiltModel) -> float:
+    """The token budget as configured (``budget.total_tokens``, or ``budget.tokens_per_param`` of the model
+    trained), before any FLOPs matching."""
+    if cfg.budget.get("tokens_per_param"):  # a training regime: tokens per parameter of the model trained
+        return tokens_per_param_budget(cfg.budget.tokens_per_param, built.model)
+    return cfg.budget.total_tokens
+
+
+def _make_budget(cfg: DictConfig, total_tokens: float) -> Budget:
+    return make_budget(total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer_world_size(cfg.trainer),
+                       cfg.trainer.get("accumulate_grad_batches", 1), cfg.budget.warmup_fraction,
+                       cfg.trainer.get("max_steps"))
+
+
 def training_budget(cfg: DictConfig, built: BuiltModel) -> Budget:
     """Optimizer steps of the token budget (or of ``budget.match_flops_layers``' FLOPs; less the teacher's
     FLOPs when distilling with ``flops_matched``) at this global batch."""
-    total_tokens = cfg.budget.total_tokens
-    if cfg.budget.get("tokens_per_param"):  # a training regime: tokens per parameter of the model trained
-        total_tokens = tokens_per_param_budget(cfg.budget.tokens_per_param, built.model)
+    total_tokens = planned_tokens(cfg, built)
     if cfg.budget.get("match_flops_layers"):  # equal-compute control: as many FLOPs as a deeper model's
         total_tokens = flops_matched_tokens(total_tokens, built.model.config, cfg.budget.match_flops_layers,
                                             cfg.data.seq_len)
     distill = distill_settings(cfg.module.get("distill"))
     if distill and distill["flops_matched"]:  # the teacher's forward passes come out of the same FLOPs
         total_tokens = teacher_matched_tokens(total_tokens, built.model.config, built.base_config, cfg.data.seq_len)
-    return make_budget(total_tokens, cfg.data.batch_size, cfg.data.seq_len, trainer_world_size(cfg.trainer),
-                       cfg.trainer.get("accumulate_grad_batches", 1), cfg.budget.warmup_fraction,
-                       cfg.trainer.get("max_steps"))
+    return _make_budget(cfg, total_tokens)
+
+
+def flops_target(cfg: DictConfig, built: BuiltModel) -> float | None:
+    """The training FLOPs a FLOPs-matched run is meant to spend: those of its equal-compute control (the
+    same budget through ``budget.match_flops_layers`` layers, or trained without the teacher), whole steps
+    included. None when the run is not FLOPs-matched, or ``trainer.max_steps`` fixes its length."""
+    distill = distill_settings(cfg.module.get("distill"))
+    layers = cfg.budget.get("match_flops_layers")
+    if not (layers or (distill and distill["flops_matched"])) or (cfg.trainer.get("max_steps") or 0) > 0:
+        return None
+    control = at_depth(built.model.config, int(layers)) if layers else built.model.config
+    return training_flops(control, _make_budget(cfg, planned_tokens(cfg, built)).total_tokens, cfg.data.seq_len)
+
+
+def flops_gap(flops: float, target: float | None) -> dict:
+    """Report fields of a FLOPs-matched run: its target and how far it is off (percent); ``flops_mismatch``
+    when that is more than FLOPS_TOLERANCE (whole-step rounding at a small budget)."""
+    if target is None:
+        return {}
+    pct = 100 * (flops / target - 1)
+    return {"flops_target": target, "flops_vs_target_pct": round(pct, 3),
+            "flops_mismatch": abs(pct) > 100 * FLOPS_TOLERANCE}
+
+
+def warn_flops_gap(gap: dict) -> None:
+    if gap.get("flops_mismatch"):
+        log.warning("FLOPs-matched run: %+.1f%% training FLOPs against its equal-compute control's %.4g (over "
+                    "the %.0f%% tolerance): not equal compute; a larger budget or a smaller batch rounds closer",
+                    gap["flops_vs_target_pct"], gap["flops_target"], 100 * FLOPS_TOLERANCE)
 
 
 def make_trainer(cfg: DictConfig, budget: Budget, loggers: list, extra_callbacks: list) -> L.Trainer:
@@ -134,13 +184,12 @@ def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built
     and the summary printed at the end."""
     out_dir = Path(cfg.paths.output_dir)
     n_params = module.num_parameters()
-    flops, teacher_flops = run_flops(trainer.callbacks, module.model.config, built.plan,
-                                     module.teacher.config if module.teacher is not None else None,
-                                     result["steps"], budget.steps, budget.tokens_per_step, cfg.data.seq_len)
+    flops, teacher_flops = planned_flops(cfg, trainer, module, built, budget, result["steps"])
     write_perplexity_report(out_dir, result["val/ppl_before"], result["val/ppl"], {
         "steps": result["steps"], "tokens": result["tokens"], "tokens_per_step": budget.tokens_per_step,
         "plan": built.plan.strategy, "n_params": n_params, "n_trainable": module.num_trainable_parameters(),
-        "train_flops": flops, "teacher_flops": teacher_flops, "fit_wall_s": round(fit_wall_s, 2),
+        "train_flops": flops, "teacher_flops": teacher_flops, **flops_gap(flops, flops_target(cfg, built)),
+        "fit_wall_s": round(fit_wall_s, 2),
         "val_curve": [{"step": st, "tokens": st * budget.tokens_per_step, "ppl": ppl} for st, ppl in history.points]})
     if cfg.export_hf and not result["interrupted"] and isinstance(trainer.strategy, FSDPStrategy):
         log.warning("FSDP: the model is sharded; export from the full checkpoint instead: "
@@ -150,6 +199,14 @@ def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built
         setattr(module.model.config, TRAINING_KEY, training_record(cfg, result["steps"], budget.steps))
         result["hf_dir"] = str(export_hf(module.model, built.tokenizer, built.plan, hf_dir, base_model=built.base_path))
     print_outputs(out_dir, result)
+
+
+def planned_flops(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built: BuiltModel, budget: Budget,
+                  steps: int) -> tuple[float, float]:
+    """(training FLOPs of ``steps`` steps of this run with its levers, of which the teacher's)."""
+    return run_flops(trainer.callbacks, module.model.config, built.plan,
+                     module.teacher.config if module.teacher is not None else None,
+                     steps, budget.steps, budget.tokens_per_step, cfg.data.seq_len)
 
 
 class ValidationHistory(L.Callback):
@@ -190,6 +247,9 @@ def write_perplexity_report(out_dir: Path, before: float | None, after: float | 
     lines = ["| held-out perplexity | value |", "|---|---|",
              f"| before training (step 0) | {before:.3f} |" if before is not None else "| before | n/a |",
              f"| after training | {after:.3f} |" if after is not None else "| after | n/a |"]
+    if extra.get("flops_mismatch"):
+        lines.append(f"| training FLOPs vs equal-compute control | {extra['flops_vs_target_pct']:+.1f}% "
+                     f"(not equal compute) |")
     (out_dir / "perplexity_report.md").write_text("\n".join(lines) + "\n")
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,34 @@ def test_mergekit_yaml_names_the_real_base_and_dtype(tmp_path, kiwi_cache):
     for folder, dtype in ((tmp_path / "run", "float32"), (Path(result["hf_dir"]), "float32"), (bf16, "bfloat16")):
         parsed = yaml.safe_load((folder / "layer_plan.mergekit.yaml").read_text())
         assert check_mergekit_passthrough(parsed, plan) == (source, dtype), folder
+
+
+def test_a_flops_matched_run_that_rounds_off_equal_compute_is_flagged_in_its_report(tmp_path, kiwi_cache, caplog):
+    """Distillation at equal FLOPs on a budget of 3 whole steps: the teacher's share is less than a step, so
+    rounding up gives the full plain budget plus the teacher. The run warns before training and its report
+    flags the gap against the plain run's FLOPs; a budget of 400 steps rounds to within the 2%."""
+    from kiwi.train.run import run, training_flops
+
+    caplog.set_level("WARNING")
+    distill = ["module.distill={flops_matched:true}", "trainer.max_steps=-1"]
+    run(_cfg(tmp_path / "small", [*distill, "budget.total_tokens=700"]))  # ceil(700 / 256) = 3 steps
+    report = json.loads((tmp_path / "small" / "perplexity_report.json").read_text())
+    assert report["steps"] == 3 and report["teacher_flops"] > 0
+    assert report["flops_target"] == pytest.approx(report["train_flops"] - report["teacher_flops"])  # 3 plain steps
+    assert report["flops_vs_target_pct"] == pytest.approx(100 * report["teacher_flops"] / report["flops_target"],
+                                                          abs=1e-3)
+    assert report["flops_mismatch"] is True and report["flops_vs_target_pct"] > 2
+    assert "not equal compute" in (tmp_path / "small" / "perplexity_report.md").read_text()
+    assert any("not equal compute" in r.message for r in caplog.records)
+
+    from kiwi.model.build import build_model
+    from kiwi.train.run import flops_gap, flops_target, training_budget
+
+    cfg = _cfg(tmp_path / "large", [*distill, "budget.total_tokens=102400"])  # 400 plain steps
+    built = build_model(cfg.model, cfg.paths.cache_dir, device="cpu")
+    budget = training_budget(cfg, built)
+    own = training_flops(built.model.config, budget.total_tokens, cfg.data.seq_len)
+    teacher = training_flops(built.base_config, budget.total_tokens, cfg.data.seq_len) / 3
+    gap = flops_gap(own + teacher, flops_target(cfg, built))
+    assert budget.steps < 400 and abs(gap["flops_vs_target_pct"]) < 2 and gap["flops_mismatch"] is False
+    assert flops_target(_cfg(tmp_path, ["budget.total_tokens=700"]), built) is None  # not FLOPs-matched
