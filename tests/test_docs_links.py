@@ -22,3 +22,20 @@ def test_every_relative_link_resolves(page):
 
 def test_readme_is_a_short_front_door():
     assert len((ROOT_DIR / "README.md").read_text(encoding="utf-8").splitlines()) <= 200
+
+
+def test_every_test_the_reliability_table_names_exists():
+    """A guarantee is only as good as its test: each `tests/...py` (and `::name`) in the table must exist."""
+    text = (ROOT_DIR / "docs" / "reliability.md").read_text(encoding="utf-8")
+    missing = []
+    for cell in re.findall(r"\|[^|\n]*`tests/[^|\n]*\|\s*$", text, flags=re.M):
+        current = None
+        for ref in re.findall(r"`([^`]+)`", cell):
+            path, _, name = ref.partition("::")
+            if path.startswith("tests/"):
+                current = ROOT_DIR / path.split(" ")[0]
+            if current is None or not current.exists():
+                missing.append(ref)
+            elif name and f"def {name.split('[')[0]}(" not in current.read_text(encoding="utf-8"):
+                missing.append(ref)
+    assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"
