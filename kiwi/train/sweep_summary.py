@@ -66,12 +66,12 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def write_summary(sweep_dir: Path) -> list[dict]:
-    """Write summary.md, summary.csv and summary.png into ``sweep_dir``; returns the rows."""
+def write_summary(sweep_dir: Path) -> tuple[list[str], list[list]]:
+    """Write summary.md, summary.csv and summary.png into ``sweep_dir``; returns the table (header, rows)."""
     sweep_dir = Path(sweep_dir)
     differing, rows = sweep_rows(sweep_dir)
     if not rows:
-        return rows
+        return [], []
     header = ["job", *differing, "status", *(c for c, _ in METRICS), "reason"]
     values = [[r["job"], *(r["overrides"].get(k) for k in differing), r["status"],
                *(r[c] for c, _ in METRICS), r["reason"]] for r in rows]
@@ -83,7 +83,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     write_csv(tmp, header, values)
     os.replace(tmp, sweep_dir / "summary.csv")
     plot_summary(rows, differing, sweep_dir / "summary.png")
-    return rows
+    return header, values
 
 
 def _replace(path: Path, text: str) -> None:
@@ -91,6 +91,31 @@ def _replace(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def log_to_wandb(config: DictConfig, sweep_dir: Path, header: list[str], values: list[list]) -> None:
+    """The table as a W&B Table, in one short run of the sweep's group (job_type sweep_summary), when the
+    sweep logs to W&B (``logger.wandb``); offline without a login, as the jobs' runs are (kiwi.loggers)."""
+    wb = OmegaConf.select(config, "logger.wandb")
+    if not wb or not values:
+        return
+    from kiwi.loggers import resolve_wandb_mode
+
+    mode = resolve_wandb_mode(str(wb.get("mode", "auto")))
+    if mode == "disabled":
+        return
+    import wandb
+
+    group = wb.get("group")
+    run = wandb.init(project=wb.get("project"), group=group, job_type="sweep_summary", name=f"{group}-sweep-summary",
+                     dir=str(sweep_dir), mode=mode, reinit="create_new",
+                     settings=wandb.Settings(quiet=True, console="off"))
+    run.log({"sweep_summary": wandb.Table(columns=header, data=[[_wandb_cell(v) for v in row] for row in values])})
+    run.finish()
+
+
+def _wandb_cell(value: Any) -> Any:
+    return value if isinstance(value, (int, float)) or value is None else str(value)
 
 
 def plot_summary(rows: list[dict], differing: list[str], path: Path) -> None:
@@ -142,13 +167,22 @@ class SweepSummary(Callback):
             self._write(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._write(Path(config.hydra.sweep.dir))
+        """The whole sweep ran (no job aborted it): the files, and the table to W&B once."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        table = self._write(sweep_dir)
+        if table:
+            try:
+                log_to_wandb(config, sweep_dir, *table)
+            except Exception as err:  # W&B trouble must not fail a finished sweep; the files are written
+                log.warning("sweep summary not logged to W&B: %s: %s", type(err).__name__, err)
+        log.info("sweep summary: %s", sweep_dir / "summary.md")
 
-    def _write(self, sweep_dir: Path | None = None) -> None:
+    def _write(self, sweep_dir: Path | None = None) -> tuple | None:
         sweep_dir = sweep_dir or self._sweep_dir
         if sweep_dir is None or not Path(sweep_dir).is_dir():
-            return
+            return None
         try:
-            write_summary(sweep_dir)
+            return write_summary(sweep_dir)
         except Exception as err:  # a summary must never turn a finished sweep into a failed one
             log.warning("sweep summary not written in %s: %s: %s", sweep_dir, type(err).__name__, err)
+            return None
