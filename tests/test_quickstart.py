@@ -53,3 +53,13 @@ def test_multirun_two_strategies(tmp_path, kiwi_cache):
     for job in jobs:
         runs = list((job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, f"one W&B run per job in {job}"
+    # the sweep summary (kiwi.train.sweep_summary): the differing override, and as a W&B Table in the sweep dir
+    md = (sweep / "summary.md").read_text()
+    assert "2 of 2 jobs finished." in md and "| job | model/layer_selection | status |" in md, md
+    (table,) = (sweep / "wandb").glob("offline-run-*/files/media/table/sweep_summary_*.table.json")
+    table = json.loads(table.read_text())
+    assert table["columns"][:3] == ["job", "model/layer_selection", "status"]
+    for row in table["data"]:
+        report = json.loads((sweep / row[0] / "perplexity_report.json").read_text())
+        assert row[1] == report["plan"] and row[2] == "finished"
+        assert row[3] == report["val_ppl_after"] and row[4] == report["tokens"]
