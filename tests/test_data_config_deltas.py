@@ -14,7 +14,7 @@ from tests.helpers import ROOT, compose
 
 EXPECTED = json.loads((ROOT / "tests/assets/data_nodes_before_base.json").read_text(encoding="utf-8"))
 # Options added to _base_.yaml after the capture, with their defaults (every data node gets them).
-ADDED_SINCE = {"document_mask": True}
+ADDED_SINCE = {"document_mask": True, "long_docs": None}
 DATA_OPTIONS = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml") if not p.stem.startswith("_"))
 
 

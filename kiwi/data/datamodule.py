@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from kiwi.data.accumulation import AccumulationGroups
 from kiwi.data.document_check import check_documents
+from kiwi.data.long_docs import LongDocPlan
 from kiwi.data.packed_dataset import STATE_KEY, PackedDataset, dist_rank_world
 from kiwi.data.sources import build_source
 from kiwi.errors import ConfigError
@@ -56,6 +57,7 @@ class PackedDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         encoder: str = "tokenizer",
         document_mask: bool = True,
+        long_docs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -94,9 +96,11 @@ class PackedDataModule(L.LightningDataModule):
         if not isinstance(document_mask, bool):
             raise ConfigError(f"data.document_mask must be true or false, got {document_mask!r}")
         self.document_mask = document_mask
+        self.long_docs = LongDocPlan.check(long_docs)  # the plan itself is measured on the data in _build
         self.train_dataset: PackedDataset | None = None
         self.val_dataset: PackedDataset | None = None
         self._pending_state: dict[str, Any] | None = None
+        self.long_docs_plan: LongDocPlan | None = None
         self._checked: str | None = None  # "held_out" or "train": how much of the source check_documents saw
 
     def _rank_world(self) -> tuple[int, int]:
@@ -148,6 +152,9 @@ class PackedDataModule(L.LightningDataModule):
             emit_state=True,
             **common,
         )
+        if self.long_docs is not None:
+            lengths = self.train_dataset.document_lengths(self.long_docs["sample_documents"])
+            self.train_dataset.long_docs = self.long_docs_plan = LongDocPlan.measure(lengths, self.long_docs)
         if self.val_documents:
             self.val_dataset = PackedDataset(
                 seq_len=self.val_seq_len, rank=0, world_size=1, end_document=self.val_documents, resume=False,

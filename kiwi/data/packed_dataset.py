@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from kiwi.data.document_check import usable
+from kiwi.data.long_docs import LongDocPlan
 from kiwi.data.packing import buffer_shuffle, pack_documents
 from kiwi.data.sources import DocumentSource, FileSource, Selection, SourceStats
 from kiwi.errors import DataError, worker_message
@@ -104,6 +106,7 @@ class PackedDataset(IterableDataset):
         tokenize_batch: int = 64,
         max_tokens: int | None = None,
         document_mask: bool = True,
+        long_docs: LongDocPlan | None = None,
     ) -> None:
         super().__init__()
         dist_rank, dist_world = dist_rank_world()
@@ -136,7 +139,9 @@ class PackedDataset(IterableDataset):
             )
         self.max_tokens = max_tokens
         self.document_mask = bool(document_mask)  # False: one causal sequence per row (kiwi.data.packing)
+        self.long_docs = long_docs  # None: every document once per epoch (kiwi.data.long_docs)
         self.stats = SourceStats()
+        self.upsampled: Counter = Counter()  # long_doc_copies, short_docs_dropped (this process's streams)
         # Resume state (see module docstring); positions are keyed by global stream id.
         self.n_streams: int | None = None
         self.positions: dict[int, tuple[int, int, int]] = {}
@@ -160,6 +165,7 @@ class PackedDataset(IterableDataset):
             "seed": self.seed,
             "shuffle_buffer": self.shuffle_buffer,
             "world_size": self.world_size,
+            "long_docs": None if self.long_docs is None else self.long_docs.as_dict(),
             "n_streams": self.n_streams,
             "positions": {int(k): list(v) for k, v in self.positions.items()},
             "last_stream": {int(k): int(v) for k, v in self.last_stream.items()},
@@ -172,6 +178,12 @@ class PackedDataset(IterableDataset):
                     f"data state: checkpoint has {key}={state.get(key)}, this run has {getattr(self, key)}; "
                     "the stream cannot be resumed exactly (use the same data settings and world size)"
                 )
+        plan = None if self.long_docs is None else self.long_docs.as_dict()
+        if state.get("long_docs") != plan:
+            raise ValueError(
+                f"data state: checkpoint has data.long_docs plan {state.get('long_docs')}, this run has {plan}; "
+                "the stream cannot be resumed exactly (use the checkpoint's data.long_docs and training data)"
+            )
         self.n_streams = state.get("n_streams")
         self.positions = {int(k): tuple(v) for k, v in state.get("positions", {}).items()}
         self.last_stream = {int(k): int(v) for k, v in state.get("last_stream", {}).items()}
@@ -200,25 +212,48 @@ class PackedDataset(IterableDataset):
         eos = [self.eos_id]
         return [np.array(x + eos, dtype=np.int64) for x in ids]
 
-    def _documents(self, stream: int, n_streams: int, epoch: int) -> Iterator[str]:
+    def _documents(self, stream: int, n_streams: int, epoch: int) -> Iterator[tuple[int, str]]:
+        """(global index, text) of this stream's usable documents, in source order."""
         selection = Selection(stream, n_streams, start=self.first_document, stop=self.end_document)
-        for _, text in self.source.records(selection, self.stats):
+        for index, text in self.source.records(selection, self.stats):
             if text is None:
                 continue  # a bad record skipped under on_error=skip (already counted)
             if not usable(text):
                 self.stats.add("empty_documents")
                 continue
-            yield text
+            yield index, text
+
+    def document_lengths(self, limit: int) -> list[int]:
+        """Token counts (EOS included) of the first ``limit`` usable documents of the whole selection, in
+        source order: the same on every rank and worker (the sample ``data.long_docs`` is measured on)."""
+        texts = (text for _, text in itertools.islice(self._documents(0, 1, 0), limit))
+        return [len(tokens) for tokens in self._tokenized(texts)]
 
     def _tokenized(self, texts: Iterator[str]) -> Iterator[np.ndarray]:
         while batch := list(itertools.islice(texts, self.tokenize_batch)):
             yield from self._encode(batch)
 
+    def _upsampled(self, pairs: Iterator[tuple[int, str]], stream: int, epoch: int) -> Iterator[np.ndarray]:
+        """Each document as many times as the plan gives it, shuffled again so copies are spread apart."""
+        def expanded():
+            while batch := list(itertools.islice(pairs, self.tokenize_batch)):
+                for (index, _), tokens in zip(batch, self._encode([t for _, t in batch]), strict=True):
+                    copies = self.long_docs.copies(len(tokens), self.seed, epoch, index)
+                    if copies != 1:
+                        self.upsampled["long_doc_copies" if copies > 1 else "short_docs_dropped"] += abs(copies - 1)
+                    yield from [tokens] * copies
+
+        rng = random.Random(f"kiwi-long-docs:{self.seed}:{epoch}:{stream}")
+        return buffer_shuffle(expanded(), self.shuffle_buffer, rng)
+
     def _epoch_rows(self, stream: int, n_streams: int, epoch: int, doc: int, offset: int):
         rng = random.Random(f"kiwi-data:{self.seed}:{epoch}:{stream}")
-        texts = buffer_shuffle(self._documents(stream, n_streams, epoch), self.shuffle_buffer, rng)
-        texts = itertools.islice(texts, doc, None)  # replay: documents already packed are not tokenized
-        docs = self._tokenized(texts)
+        pairs = buffer_shuffle(self._documents(stream, n_streams, epoch), self.shuffle_buffer, rng)
+        if self.long_docs is None:
+            texts = itertools.islice((text for _, text in pairs), doc, None)  # replay: no tokenization
+            docs = self._tokenized(texts)
+        else:  # copies depend on lengths, so a replay tokenizes the documents it skips
+            docs = itertools.islice(self._upsampled(pairs, stream, epoch), doc, None)
         if self.max_tokens is not None:
             docs = cut_tokens(docs, self.max_tokens)
         yield from pack_documents(docs, self.seq_len, self.eos_id, doc=doc, offset=offset,
@@ -280,6 +315,9 @@ class PackedDataset(IterableDataset):
                 raise self._no_documents(stream, n_streams)
             if self.stats.counts:
                 log.info("data stream %d/%d: skipped %s", stream, n_streams, dict(self.stats.counts))
+            if self.long_docs is not None:
+                log.info("data stream %d/%d epoch %d: data.long_docs %s", stream, n_streams, epoch,
+                         dict(self.upsampled))
             epoch, doc, offset = epoch + 1, 0, 0
             if not self.emit_state:
                 self.positions[stream] = (epoch, 0, 0)

@@ -178,6 +178,18 @@ def log_start(cfg: DictConfig, built: BuiltModel, module: KiwiLM, budget: Budget
                             "budget": budget.__dict__})
 
 
+def long_docs_report(datamodule) -> dict:
+    """``data.long_docs``'s plan and, where this process read the training data (``num_workers=0``), the
+    copies added and documents dropped as read this run (the shuffle buffer reads ahead of training); with
+    workers each stream logs its own counts."""
+    plan = getattr(datamodule, "long_docs_plan", None)
+    if plan is None:
+        return {}
+    read = (dict(datamodule.train_dataset.upsampled) if datamodule.num_workers == 0
+            else "logged per data stream (data.num_workers > 0)")
+    return {"long_docs": {**plan.as_dict(), "read_this_run": read}}
+
+
 def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built: BuiltModel, budget: Budget,
                       history: ValidationHistory, result: dict, fit_wall_s: float) -> None:
     """Rank 0 after fit: perplexity_report.json/.md, the Hugging Face export (adds ``hf_dir`` to ``result``)
@@ -189,7 +201,7 @@ def report_and_export(cfg: DictConfig, trainer: L.Trainer, module: KiwiLM, built
         "steps": result["steps"], "tokens": result["tokens"], "tokens_per_step": budget.tokens_per_step,
         "plan": built.plan.strategy, "n_params": n_params, "n_trainable": module.num_trainable_parameters(),
         "train_flops": flops, "teacher_flops": teacher_flops, **flops_gap(flops, flops_target(cfg, built)),
-        "fit_wall_s": round(fit_wall_s, 2),
+        "fit_wall_s": round(fit_wall_s, 2), **long_docs_report(trainer.datamodule),
         "val_curve": [{"step": st, "tokens": st * budget.tokens_per_step, "ppl": ppl} for st, ppl in history.points]})
     if cfg.export_hf and not result["interrupted"] and isinstance(trainer.strategy, FSDPStrategy):
         log.warning("FSDP: the model is sharded; export from the full checkpoint instead: "

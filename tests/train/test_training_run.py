@@ -215,3 +215,17 @@ def test_a_flops_matched_run_that_rounds_off_equal_compute_is_flagged_in_its_rep
     gap = flops_gap(own + teacher, flops_target(cfg, built))
     assert budget.steps < 400 and abs(gap["flops_vs_target_pct"]) < 2 and gap["flops_mismatch"] is False
     assert flops_target(_cfg(tmp_path, ["budget.total_tokens=700"]), built) is None  # not FLOPs-matched
+
+
+def test_a_long_docs_run_reports_its_plan_and_what_it_read(tmp_path, kiwi_cache):
+    """``data.long_docs`` through the real run: the report carries the measured plan and, with 0 workers,
+    the copies the reader added."""
+    from kiwi.train.run import run
+
+    out = tmp_path / "long"
+    run(_cfg(out, ["trainer.max_steps=3", "data.num_workers=0",
+                   "data.long_docs={min_tokens:4096,target_share:0.8,mode:repeat}"]))
+    plan = json.loads((out / "perplexity_report.json").read_text())["long_docs"]
+    assert plan["min_tokens"] == 4096 and plan["mode"] == "repeat"
+    assert plan["sample_share"] < 0.8 and plan["factor"] > 1 and plan["expected_share"] == pytest.approx(0.8)
+    assert plan["read_this_run"]["long_doc_copies"] > 0
