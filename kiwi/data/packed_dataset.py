@@ -226,8 +226,12 @@ class PackedDataset(IterableDataset):
     def document_lengths(self, limit: int) -> list[int]:
         """Token counts (EOS included) of the first ``limit`` usable documents of the whole selection, in
         source order: the same on every rank and worker (the sample ``data.long_docs`` is measured on)."""
-        texts = (text for _, text in itertools.islice(self._documents(0, 1, 0), limit))
-        return [len(tokens) for tokens in self._tokenized(texts)]
+        stats, self.stats = self.stats, SourceStats()  # a sample, not training: skips are counted when trained
+        try:
+            texts = (text for _, text in itertools.islice(self._documents(0, 1, 0), limit))
+            return [len(tokens) for tokens in self._tokenized(texts)]
+        finally:
+            self.stats = stats
 
     def _tokenized(self, texts: Iterator[str]) -> Iterator[np.ndarray]:
         while batch := list(itertools.islice(texts, self.tokenize_batch)):
