@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import random
 import signal
@@ -123,3 +124,18 @@ def deadline(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def same_rows(a: list[dict], b: list[dict]) -> bool:
+    keys = ("input_ids", "position_ids", "labels")
+    return len(a) == len(b) and all(all(torch.equal(x[k], y[k]) for k in keys) for x, y in zip(a, b, strict=True))
+
+
+def consume_training(dm, n: int) -> list[dict]:
+    """What Lightning does per training batch of a datamodule: fetch, then ``on_before_batch_transfer``."""
+    out = []
+    for batch in itertools.islice(iter(dm.train_dataloader()), n):
+        batch = dm.on_before_batch_transfer(batch, 0)
+        assert "stream_state" not in batch
+        out.extend({k: v[i] for k, v in batch.items() if v.dim()} for i in range(len(batch["input_ids"])))
+    return out

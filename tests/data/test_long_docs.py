@@ -3,7 +3,6 @@ number of times the plan gives it (whatever the layout), resume is exact, and a 
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter, defaultdict
 
 import pytest
@@ -14,7 +13,7 @@ from kiwi.data import PackedDataset
 from kiwi.data.datamodule import PackedDataModule
 from kiwi.data.long_docs import LongDocPlan
 from kiwi.errors import ConfigError
-from tests.data.data_helpers import doc_tokens, make_docs, split_into_files
+from tests.data.data_helpers import consume_training, doc_tokens, make_docs, same_rows, split_into_files
 
 SEQ = 48
 MIN_TOKENS = 60  # make_docs: every 7th document has 80-160 words, the others 2-25
@@ -96,17 +95,8 @@ def _datamodule(tokenizer, files, workers: int, long_docs, setup: bool = True) -
     return dm
 
 
-def _consume(dm: PackedDataModule, n: int) -> list[dict]:
-    out = []
-    for batch in itertools.islice(iter(dm.train_dataloader()), n):
-        batch = dm.on_before_batch_transfer(batch, 0)
-        out.extend({k: v[i] for k, v in batch.items() if v.dim()} for i in range(len(batch["input_ids"])))
-    return out
 
 
-def _same(a: list[dict], b: list[dict]) -> bool:
-    keys = ("input_ids", "position_ids", "labels")
-    return len(a) == len(b) and all(all(torch.equal(x[k], y[k]) for k in keys) for x, y in zip(a, b, strict=True))
 
 
 LONG = {"min_tokens": MIN_TOKENS, "target_share": 0.8, "mode": "repeat"}
@@ -117,20 +107,20 @@ def test_resume_with_long_docs_is_exact(tmp_path, tokenizer, workers, stop_after
     """Across copies and past the epoch end (repeat=true): the rows after a restore are the uninterrupted ones."""
     files = split_into_files(tmp_path, _docs(), n_files=2)
     total = 60
-    full = _consume(_datamodule(tokenizer, files, workers, LONG), total)
+    full = consume_training(_datamodule(tokenizer, files, workers, LONG), total)
     first = _datamodule(tokenizer, files, workers, LONG)
-    head = _consume(first, stop_after)
+    head = consume_training(first, stop_after)
     second = _datamodule(tokenizer, files, workers, LONG, setup=False)
     second.load_state_dict(first.state_dict())
     second.setup("fit")
-    assert _same(head + _consume(second, total - stop_after), full)
+    assert same_rows(head + consume_training(second, total - stop_after), full)
 
 
 @pytest.mark.parametrize("other", [None, {**LONG, "target_share": 0.7}, {**LONG, "mode": "subsample"}])
 def test_resume_under_another_plan_is_refused(tmp_path, tokenizer, other):
     files = split_into_files(tmp_path, _docs(), n_files=1)
     first = _datamodule(tokenizer, files, 0, LONG)
-    _consume(first, 2)
+    consume_training(first, 2)
     second = _datamodule(tokenizer, files, 0, other, setup=False)
     second.load_state_dict(first.state_dict())
     with pytest.raises(ValueError, match="data.long_docs plan"):
@@ -142,7 +132,7 @@ def test_no_plan_reads_every_document_once_in_todays_order(tmp_path, tokenizer):
     files = split_into_files(tmp_path, _docs(), n_files=2)
     plain = list(PackedDataset(files, tokenizer, SEQ, shuffle_buffer=8, seed=5))
     off = list(PackedDataset(files, tokenizer, SEQ, shuffle_buffer=8, seed=5, long_docs=None))
-    assert _same(plain, off)
+    assert same_rows(plain, off)
     assert _long_share(_epoch_documents(files, tokenizer, None)) == pytest.approx(
         _long_share([doc_tokens(tokenizer, d) for d in _docs()]))
 

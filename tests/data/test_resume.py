@@ -10,14 +10,11 @@ from torch.utils.data import DataLoader
 
 from kiwi.data import PackedDataset, TextListSource
 from kiwi.data.datamodule import PackedDataModule
-from tests.data.data_helpers import make_docs, split_into_files
+from tests.data.data_helpers import consume_training, make_docs, same_rows, split_into_files
 
 SEQ = 40
 
 
-def _same(a: list[dict], b: list[dict]) -> bool:
-    keys = ("input_ids", "position_ids", "labels")
-    return len(a) == len(b) and all(all(torch.equal(x[k], y[k]) for k in keys) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("stop_after", [1, 4, 13, 30])
@@ -32,7 +29,7 @@ def test_dataset_resume_in_process(tokenizer, stop_after):
     second = PackedDataset(source, tokenizer, SEQ, **kw)
     second.load_state_dict(state)
     rest = list(itertools.islice(iter(second), 60 - stop_after))
-    assert _same(head + rest, full)
+    assert same_rows(head + rest, full)
     assert full[29]["position_ids"][0] == 0  # every row starts a segment
 
 
@@ -62,35 +59,27 @@ def _datamodule(tokenizer, files, workers: int, setup: bool = True, **kw) -> Pac
     return dm
 
 
-def _consume(dm: PackedDataModule, n: int) -> list[dict]:
-    """What Lightning does per training batch: fetch, then ``on_before_batch_transfer``."""
-    out = []
-    for batch in itertools.islice(iter(dm.train_dataloader()), n):
-        batch = dm.on_before_batch_transfer(batch, 0)
-        assert "stream_state" not in batch
-        out.extend({k: v[i] for k, v in batch.items() if v.dim()} for i in range(len(batch["input_ids"])))
-    return out
 
 
 @pytest.mark.parametrize(("workers", "stop_after"), [(0, 5), (2, 5), (2, 6), (3, 7)])
 def test_datamodule_resume_through_dataloader(tmp_path, tokenizer, workers, stop_after):
     files = split_into_files(tmp_path, make_docs(70, seed=6), n_files=3)
     total = 24
-    full = _consume(_datamodule(tokenizer, files, workers), total)
+    full = consume_training(_datamodule(tokenizer, files, workers), total)
     first = _datamodule(tokenizer, files, workers)
-    head = _consume(first, stop_after)
+    head = consume_training(first, stop_after)
     state = first.state_dict()
     second = _datamodule(tokenizer, files, workers, setup=False)
     second.load_state_dict(state)  # before setup, as Lightning restores the datamodule
     second.setup("fit")
-    rest = _consume(second, total - stop_after)
-    assert _same(head + rest, full)
+    rest = consume_training(second, total - stop_after)
+    assert same_rows(head + rest, full)
 
 
 def test_resume_with_other_worker_count_is_refused(tmp_path, tokenizer):
     files = split_into_files(tmp_path, make_docs(30), n_files=1)
     dm = _datamodule(tokenizer, files, workers=2)
-    _consume(dm, 2)
+    consume_training(dm, 2)
     other = _datamodule(tokenizer, files, workers=1)
     other.load_state_dict(dm.state_dict())
     with pytest.raises(ValueError, match="num_workers"):
@@ -100,7 +89,7 @@ def test_resume_with_other_worker_count_is_refused(tmp_path, tokenizer):
 def test_resume_with_other_seq_len_is_refused(tmp_path, tokenizer):
     files = split_into_files(tmp_path, make_docs(30), n_files=1)
     dm = _datamodule(tokenizer, files, workers=0)
-    _consume(dm, 2)
+    consume_training(dm, 2)
     other = PackedDataModule(tokenizer, source={"kind": "files", "files": files}, seq_len=SEQ + 1)
     other.setup("fit")
     with pytest.raises(ValueError, match="seq_len"):
