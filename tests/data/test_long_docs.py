@@ -95,10 +95,6 @@ def _datamodule(tokenizer, files, workers: int, long_docs, setup: bool = True) -
     return dm
 
 
-
-
-
-
 LONG = {"min_tokens": MIN_TOKENS, "target_share": 0.8, "mode": "repeat"}
 
 

@@ -15,8 +15,6 @@ from tests.data.data_helpers import consume_training, make_docs, same_rows, spli
 SEQ = 40
 
 
-
-
 @pytest.mark.parametrize("stop_after", [1, 4, 13, 30])
 def test_dataset_resume_in_process(tokenizer, stop_after):
     """Includes stops inside a long (split) document and, with repeat, across the epoch boundary."""
@@ -57,8 +55,6 @@ def _datamodule(tokenizer, files, workers: int, setup: bool = True, **kw) -> Pac
     if setup:
         dm.setup("fit")
     return dm
-
-
 
 
 @pytest.mark.parametrize(("workers", "stop_after"), [(0, 5), (2, 5), (2, 6), (3, 7)])
