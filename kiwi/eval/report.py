@@ -14,6 +14,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import WandbLogger
 
 from kiwi import tables
+from kiwi.plotting import pyplot, save_figure
 
 # Metrics shown in tables and charts (all of them, stderrs included, are in results.json).
 TABLE_METRICS = (
@@ -89,12 +90,13 @@ def markdown_table(results: Results) -> str:
 
 
 def plot_results(results: Results, path: Path) -> Path:
+    """results.png: see results_figure."""
+    return save_figure(results_figure(results), path)
+
+
+def results_figure(results: Results):
     """One panel per (task, headline metric), one bar per model."""
-    import matplotlib  # lazy: matplotlib is slow to import and only needed for the chart
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [(t, m) for t, m in table_columns(results) if m in CHART_METRICS]
     if not panels:
         panels = table_columns(results)[:4]
@@ -113,9 +115,7 @@ def plot_results(results: Results, path: Path) -> Path:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_report(results: Results, out_dir: Path, meta: Mapping | None = None) -> dict[str, Path]:
