@@ -53,8 +53,16 @@ def eval_results(tmp_path_factory, kiwi_cache):
 
 
 def test_results_png(eval_results, tmp_path):
+    """Also: every bar carries its value (a panel of zeros reads "0") and accuracies their stderr bars."""
     assert len(eval_results) == 2
-    assert check_and_save(results_figure(eval_results), tmp_path / "results.png") == []
+    assert eval_results["base"]["arc_challenge"]["acc_norm"] == 0.0  # the all-zero panel this run gives
+    fig = results_figure(eval_results)
+    for ax in fig.axes:
+        if ax.patches:
+            assert len(ax.texts) == len(ax.patches), ax.get_title()
+            if ax.get_title().startswith("hellaswag\nacc"):  # stderr > 0 there; arc_challenge: all 0, stderr 0
+                assert [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"], ax.get_title()
+    assert check_and_save(fig, tmp_path / "results.png") == []
 
 
 def test_long_ppl_png(eval_results, tmp_path):
