@@ -122,3 +122,25 @@ def test_the_checker_catches_a_clipped_point_a_covered_point_and_overlapping_tic
     assert any("legend covers" in p and "under the legend" in p for p in problems), problems
     assert any("tick labels" in p and "overlap" in p for p in problems), problems
     assert not any("outside the figure" in p for p in problems), problems
+
+
+def test_study_curves_and_differences_png(tmp_path):
+    """A study sweep in the driver's job format (two seeds of two strategies and both controls), gathered by
+    kiwi.study.gather as the driver does; both of its figures are checked."""
+    from kiwi.study.gather import gather
+    from kiwi.study.plot import curves_figure, differences_figure
+    from tests.study.test_gather_tables import _job
+
+    root = tmp_path / "sweep"
+    settings = [("interleave", True, {}, (90.0, 91.5)), ("solar", False, {}, (99.0, 97.0)),
+                ("none", False, {}, (92.0, 92.8)),
+                ("none", False, dict(tokens=6144, match_flops=8, budget_tokens=4096), (88.0, 89.1))]
+    num = 0
+    for strategy, identity, extra, ends in settings:
+        for seed, after in zip((1, 2), ends, strict=True):
+            _job(root, num, strategy, identity, 1e-3, 100.0, after, seed=seed, **extra)
+            num += 1
+    g = gather(root, tmp_path / "study")
+    assert any(r["diffs"] for r in g.summary)
+    for name, fig in (("curves.png", curves_figure(g.jobs)), ("differences.png", differences_figure(g.summary))):
+        assert check_and_save(fig, tmp_path / name) == [], name

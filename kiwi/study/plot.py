@@ -123,6 +123,7 @@ def differences_figure(summary: Sequence[dict]):
         ax.set_xlabel("final held-out ppl vs control, % (mean, 95% interval over seeds)")
         ax.set_title(f"Paired differences: base at {regime}", fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        # outside the axes: inside, it covered an interval (docs/study/differences.png, issue 21)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
