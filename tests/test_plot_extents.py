@@ -144,3 +144,16 @@ def test_study_curves_and_differences_png(tmp_path):
     assert any(r["diffs"] for r in g.summary)
     for name, fig in (("curves.png", curves_figure(g.jobs)), ("differences.png", differences_figure(g.summary))):
         assert check_and_save(fig, tmp_path / name) == [], name
+
+
+def test_bench_throughput_png(tmp_path):
+    """bench/plot_throughput.py on the committed H100 tables (its docstring's command), figure and PNG."""
+    import importlib.util
+
+    from tests.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("plot_throughput", ROOT / "bench" / "plot_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.read_rows(sorted((ROOT / "bench/results/h100-2026-11-27").glob("train_throughput*.md")))
+    assert check_and_save(bench.throughput_figure(rows, 60_000), tmp_path / "train_throughput.png") == []
