@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kiwi.plotting import pyplot, save_figure
+
 
 def read_rows(paths: list[Path]) -> list[dict]:
     """Rows of mode ``step`` with numbers, in file order: variant, tok/s, peak GiB."""
@@ -26,11 +28,12 @@ def read_rows(paths: list[Path]) -> list[dict]:
 
 
 def plot(rows: list[dict], out: Path, target: float | None = None) -> Path:
-    import matplotlib
+    return save_figure(throughput_figure(rows, target), out)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def throughput_figure(rows: list[dict], target: float | None = None):
+    """A bar per variant (HF baselines grey), labelled with tok/s and peak memory."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.5))
     names = [r["variant"] for r in rows]
     colors = ["tab:gray" if n.startswith("hf_") else "tab:green" for n in names]
@@ -46,10 +49,7 @@ def plot(rows: list[dict], out: Path, target: float | None = None) -> Path:
     ax.set_title("Training step throughput, 38-layer Qwen2 (702.8M)")
     ax.set_xlim(0, max(r["tok_s"] for r in rows) * 1.35)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def main() -> None:

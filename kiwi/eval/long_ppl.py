@@ -31,6 +31,7 @@ from kiwi.errors import ConfigError
 from kiwi.eval.encoding import encode, prefix_token_id
 from kiwi.eval.tasks import TaskDataError
 from kiwi.model.loss import auto_chunk, perplexity, token_logprobs
+from kiwi.plotting import pyplot, save_figure
 
 DEFAULT_EDGES = (1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -235,11 +236,13 @@ def _bucket_mid(key: str) -> float:
 
 
 def plot_long_ppl(results, models: Sequence[str], keys: Sequence[str], path: Path, task: str = "long_ppl") -> None:
-    import matplotlib  # lazy: only for the figure
+    """long_ppl.png: see long_ppl_figure."""
+    save_figure(long_ppl_figure(results, models, keys, task), path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def long_ppl_figure(results, models: Sequence[str], keys: Sequence[str], task: str = "long_ppl"):
+    """Perplexity against token position, a line per model."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     xs = [_bucket_mid(k) for k in keys]
     for m in models:
@@ -255,5 +258,4 @@ def plot_long_ppl(results, models: Sequence[str], keys: Sequence[str], path: Pat
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig

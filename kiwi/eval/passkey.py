@@ -35,6 +35,7 @@ from kiwi.data.sources import Selection, SourceStats, build_source
 from kiwi.errors import ConfigError
 from kiwi.eval.encoding import encode, encode_pair
 from kiwi.eval.tasks import TaskDataError
+from kiwi.plotting import pyplot, save_figure
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
                "I will quiz you about the important information there.")
@@ -267,12 +268,13 @@ def write_passkey_report(results, out_dir: Path, task: str = "passkey") -> dict[
 
 
 def plot_passkey(results, models: Sequence[str], path: Path, task: str = "passkey") -> None:
+    """passkey.png: see passkey_figure."""
+    save_figure(passkey_figure(results, models, task), path)
+
+
+def passkey_figure(results, models: Sequence[str], task: str = "passkey"):
     """The needle-in-a-haystack picture: accuracy per (length, depth), a panel per model."""
-    import matplotlib  # lazy: only for the figure
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(models)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 0.8, 3.8), squeeze=False, layout="constrained")
     image = None
@@ -291,5 +293,4 @@ def plot_passkey(results, models: Sequence[str], path: Path, task: str = "passke
             ax.set_ylabel("needle depth (% of the filler before the key)")
         ax.set_title(f"{m}\n{task}: accuracy {results[m][task]['acc']:.2f}", fontsize=9)
     fig.colorbar(image, ax=list(axes[0]), label="exact retrieval accuracy", fraction=0.05)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig

@@ -14,6 +14,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import WandbLogger
 
 from kiwi import tables
+from kiwi.plotting import pyplot, save_figure
 
 # Metrics shown in tables and charts (all of them, stderrs included, are in results.json).
 TABLE_METRICS = (
@@ -89,12 +90,13 @@ def markdown_table(results: Results) -> str:
 
 
 def plot_results(results: Results, path: Path) -> Path:
+    """results.png: see results_figure."""
+    return save_figure(results_figure(results), path)
+
+
+def results_figure(results: Results):
     """One panel per (task, headline metric), one bar per model."""
-    import matplotlib  # lazy: matplotlib is slow to import and only needed for the chart
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [(t, m) for t, m in table_columns(results) if m in CHART_METRICS]
     if not panels:
         panels = table_columns(results)[:4]
@@ -106,16 +108,33 @@ def plot_results(results: Results, path: Path) -> Path:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (task, metric) in zip(axes.flat, panels, strict=False):
         values = [results[m].get(task, {}).get(metric, float("nan")) for m in models]
-        ax.bar(range(len(models)), values, color=[colors[i % len(colors)] for i in range(len(models))])
+        errors = [results[m].get(task, {}).get(f"{metric}_stderr") for m in models]
+        errors = [e if isinstance(e, (int, float)) and math.isfinite(e) else 0.0 for e in errors]
+        bars = ax.bar(range(len(models)), values, color=[colors[i % len(colors)] for i in range(len(models))],
+                      yerr=errors if any(errors) else None, capsize=4, ecolor="0.25")
+        # every bar says its value, so a panel of zeros reads "0", not empty; ±stderr where there is one
+        ax.bar_label(bars, labels=[_bar_label(v, e) for v, e in zip(values, errors, strict=True)], fontsize=7,
+                     padding=2)
+        finite = [v + e for v, e in zip(values, errors, strict=True) if math.isfinite(v)]
+        top = max(finite, default=0.0)
+        if metric.startswith("acc"):
+            ax.set_ylim(0, max(1.0, top) * 1.15)
+        else:
+            ax.set_ylim(0, (top or 1.0) * 1.18)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         better = "higher" if metric.startswith("acc") else "lower"
         ax.set_title(f"{task}\n{metric} ({better} is better)", fontsize=9)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _bar_label(value: float, stderr: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3g}".replace("e+0", "e").replace("e+", "e")
+    return text + (f"\n±{stderr:.2g}" if stderr else "")
 
 
 def write_report(results: Results, out_dir: Path, meta: Mapping | None = None) -> dict[str, Path]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kiwi.cli import is_lever
+from kiwi.plotting import pyplot, save_figure
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
 from kiwi.study.stats import finite
 from kiwi.study.table import diverged, groups
@@ -29,27 +30,15 @@ def mean_curve(jobs: Sequence[StudyJob]) -> list[tuple[int, float, float | None]
     return out
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    _pyplot().close(fig)
-    return path
-
-
 def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
                 title: str = "Depth up-scaling at small scale") -> Path:
-    plt = _pyplot()
+    """curves.png: see curves_figure."""
+    return save_figure(curves_figure(jobs, title), path, dpi="figure")
+
+
+def curves_figure(jobs: Sequence[StudyJob], title: str = "Depth up-scaling at small scale"):
+    """Held-out perplexity against extra training tokens, mean ± std over seeds per variant."""
+    plt = pyplot()
     by = groups([j for j in jobs if j.curve])
     regimes = list(dict.fromkeys(key[0] for key in by))
     has_levers = any(is_lever(key[1]) for key in by)
@@ -95,14 +84,20 @@ def plot_curves(jobs: Sequence[StudyJob], path: str | Path,
         ax.set_title(f"{title}: base at {regime}" + ("" if part == "all" else f" ({part})"), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best" if marks else "upper right")  # never over a divergence mark
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def plot_differences(summary: Sequence[dict], path: str | Path) -> Path:
+    """differences.png: see differences_figure."""
+    return save_figure(differences_figure(summary), path, dpi="figure")
+
+
+def differences_figure(summary: Sequence[dict]):
     """Per regime, every variant's paired difference in final held-out perplexity against each control:
     mean and 95% t interval over seeds (left of 0 = better than the control). Where an interval does not
     cross 0 the difference is established."""
-    plt = _pyplot()
+    plt = pyplot()
     regimes = list(dict.fromkeys(r["regime"] for r in summary))
     per_panel = max(len(summary) / max(1, len(regimes)), 8)
     fig, axes = plt.subplots(1, max(1, len(regimes)), squeeze=False, dpi=110,
@@ -128,5 +123,7 @@ def plot_differences(summary: Sequence[dict], path: str | Path) -> Path:
         ax.set_xlabel("final held-out ppl vs control, % (mean, 95% interval over seeds)")
         ax.set_title(f"Paired differences: base at {regime}", fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+        # outside the axes: inside, it covered an interval (docs/study/differences.png, issue 21)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig

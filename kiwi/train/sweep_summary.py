@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kiwi.cli import FAILED, INTERRUPTED
+from kiwi.plotting import pyplot, save_figure
 from kiwi.tables import markdown_table, write_csv
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,13 @@ def _wandb_cell(value: Any) -> Any:
 
 
 def plot_summary(rows: list[dict], differing: list[str], path: Path) -> None:
+    """summary.png: see summary_figure."""
+    save_figure(summary_figure(rows, differing), path)
+
+
+def summary_figure(rows: list[dict], differing: list[str]):
     """Final val/ppl per job as dots; a job without one is drawn as a red cross labelled with its status."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [" ".join([f"#{r['job']}", *(f"{k}={r['overrides'].get(k)}" for k in differing)]) for r in rows]
     ppl = [r["val/ppl"] for r in rows]
     known = [p for p in ppl if p is not None]
@@ -147,8 +149,7 @@ def plot_summary(rows: list[dict], differing: list[str], path: Path) -> None:
     ax.set_xlabel("final held-out perplexity (val/ppl, lower is better)")
     ax.set_title("sweep: final val/ppl per job (red x: job without a final value)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    return fig
 
 
 class SweepSummary(Callback):

@@ -5,29 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from kiwi.plotting import pyplot, save_figure
 from kiwi.upscale.plan import LayerPlan
 
 
-def _pyplot():
-    """Imported lazily so ``import kiwi.upscale`` stays cheap; Agg works without a display."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 def plot_plan(plan: LayerPlan, path: str | Path) -> Path:
+    """layer_plan.png: see plan_figure."""
+    return save_figure(plan_figure(plan), path)
+
+
+def plan_figure(plan: LayerPlan):
     """Source index per target slot; originals, plain duplicates and identity copies look different."""
     new = set(plan.new_layers)
     groups = {
@@ -44,7 +31,7 @@ def plot_plan(plan: LayerPlan, path: str | Path) -> Path:
             key = "duplicate (copied weights)"
         groups[key][0].append(j)
         groups[key][1].append(s)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, plan.n_target * 0.22), 4.5))
     ax.plot(range(plan.n_target), plan.sources, color="0.8", lw=1, zorder=0)
     for label, (xs, ys, style) in groups.items():
@@ -56,7 +43,7 @@ def plot_plan(plan: LayerPlan, path: str | Path) -> Path:
     ax.set_ylim(-0.5, plan.n_source - 0.5)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return fig
 
 
 def plot_importance(
@@ -66,6 +53,16 @@ def plot_importance(
     chosen: Sequence[int] | None = None,
     metric: str = "score",
 ) -> Path:
+    """layer_importance.png: see importance_figure."""
+    return save_figure(importance_figure(scores, similarity, chosen, metric), path)
+
+
+def importance_figure(
+    scores: Sequence[float],
+    similarity: Sequence[Sequence[float]] | None = None,
+    chosen: Sequence[int] | None = None,
+    metric: str = "score",
+):
     """Score per layer (``chosen`` layers highlighted) and, if given, the layer-similarity heatmap."""
     if len(scores) == 0:
         raise ValueError("plot_importance: scores is empty")
@@ -73,7 +70,7 @@ def plot_importance(
     bad = [c for c in chosen if not 0 <= c < len(scores)]
     if bad:
         raise ValueError(f"plot_importance: chosen layer {bad[0]} out of range 0..{len(scores) - 1}")
-    plt = _pyplot()
+    plt = pyplot()
     ncols = 2 if similarity is not None else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.0 * ncols, 4.5), squeeze=False)
     ax = axes[0][0]
@@ -104,7 +101,7 @@ def plot_importance(
         hm.set_xlabel("layer output index")
         hm.set_ylabel("layer output index")
         hm.set_title("layer-output similarity")
-    return _save(fig, path)
+    return fig
 
 
 def duplicated_sources(plan: LayerPlan) -> list[int]:
