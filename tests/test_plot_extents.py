@@ -157,3 +157,12 @@ def test_bench_throughput_png(tmp_path):
     spec.loader.exec_module(bench)
     rows = bench.read_rows(sorted((ROOT / "bench/results/h100-2026-11-27").glob("train_throughput*.md")))
     assert check_and_save(bench.throughput_figure(rows, 60_000), tmp_path / "train_throughput.png") == []
+
+
+def test_long_ppl_png_keeps_close_buckets_apart(tmp_path):
+    """Buckets of very different widths (bench/long_context_demo.py's 0-64 ... 256-320, 320-384): on a
+    position axis the last two labels overlapped (seen in its PNG); buckets are evenly spaced categories."""
+    keys = ["ppl@0-64", "ppl@64-128", "ppl@128-256", "ppl@256-320", "ppl@320-384"]
+    results = {"seq512": {"long_ppl": dict(zip(keys, [6.3, 5.45, 5.57, 5.57, 5.4], strict=True))},
+               "seq64": {"long_ppl": dict(zip(keys, [5.8, 7.79, 14.88, 14.66, 19.6], strict=True))}}
+    assert check_and_save(long_ppl_figure(results, list(results), keys), tmp_path / "long_ppl.png") == []

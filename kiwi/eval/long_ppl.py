@@ -16,7 +16,6 @@ window costs the backbone's activations plus one chunk of logits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,12 +228,6 @@ def write_long_ppl_report(results, out_dir: Path, task: str = "long_ppl") -> dic
     return paths
 
 
-def _bucket_mid(key: str) -> float:
-    parse = lambda s: int(s[:-1]) * 1024 if s.endswith("k") else int(s)
-    start, end = (parse(s) for s in key.removeprefix("ppl@").split("-"))  # noqa: B023
-    return math.sqrt(max(start, 1) * end) if start else end / 2
-
-
 def plot_long_ppl(results, models: Sequence[str], keys: Sequence[str], path: Path, task: str = "long_ppl") -> None:
     """long_ppl.png: see long_ppl_figure."""
     save_figure(long_ppl_figure(results, models, keys, task), path)
@@ -244,14 +237,12 @@ def long_ppl_figure(results, models: Sequence[str], keys: Sequence[str], task: s
     """Perplexity against token position, a line per model."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    xs = [_bucket_mid(k) for k in keys]
+    xs = range(len(keys))  # evenly spaced: buckets of very different widths would crowd their labels
     for m in models:
         ys = [results[m][task].get(k, float("nan")) for k in keys]
         note = " (concatenated)" if results[m][task].get("concatenated") else ""
         ax.plot(xs, ys, marker="o", label=f"{m}{note}")
-    ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [k.removeprefix("ppl@") for k in keys], fontsize=8)
-    ax.minorticks_off()
     ax.set_xlabel("token position bucket")
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title(f"{task}: perplexity by position")
