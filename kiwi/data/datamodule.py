@@ -100,7 +100,6 @@ class PackedDataModule(L.LightningDataModule):
         self.train_dataset: PackedDataset | None = None
         self.val_dataset: PackedDataset | None = None
         self._pending_state: dict[str, Any] | None = None
-        self.long_docs_plan: LongDocPlan | None = None
         self._checked: str | None = None  # "held_out" or "train": how much of the source check_documents saw
 
     def _rank_world(self) -> tuple[int, int]:
@@ -154,7 +153,7 @@ class PackedDataModule(L.LightningDataModule):
         )
         if self.long_docs is not None:
             lengths = self.train_dataset.document_lengths(self.long_docs["sample_documents"])
-            self.train_dataset.long_docs = self.long_docs_plan = LongDocPlan.measure(lengths, self.long_docs)
+            self.train_dataset.long_docs = LongDocPlan.measure(lengths, self.long_docs)
         if self.val_documents:
             self.val_dataset = PackedDataset(
                 seq_len=self.val_seq_len, rank=0, world_size=1, end_document=self.val_documents, resume=False,

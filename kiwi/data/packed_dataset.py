@@ -240,12 +240,12 @@ class PackedDataset(IterableDataset):
     def _upsampled(self, pairs: Iterator[tuple[int, str]], stream: int, epoch: int) -> Iterator[np.ndarray]:
         """Each document as many times as the plan gives it, shuffled again so copies are spread apart."""
         def expanded():
-            while batch := list(itertools.islice(pairs, self.tokenize_batch)):
-                for (index, _), tokens in zip(batch, self._encode([t for _, t in batch]), strict=True):
-                    copies = self.long_docs.copies(len(tokens), self.seed, epoch, index)
-                    if copies != 1:
-                        self.upsampled["long_doc_copies" if copies > 1 else "short_docs_dropped"] += abs(copies - 1)
-                    yield from [tokens] * copies
+            indexed, texts = itertools.tee(pairs)
+            for (index, _), tokens in zip(indexed, self._tokenized(text for _, text in texts), strict=True):
+                copies = self.long_docs.copies(len(tokens), self.seed, epoch, index)
+                if copies != 1:
+                    self.upsampled["long_doc_copies" if copies > 1 else "short_docs_dropped"] += abs(copies - 1)
+                yield from [tokens] * copies
 
         rng = random.Random(f"kiwi-long-docs:{self.seed}:{epoch}:{stream}")
         return buffer_shuffle(expanded(), self.shuffle_buffer, rng)
@@ -320,7 +320,7 @@ class PackedDataset(IterableDataset):
             if self.stats.counts:
                 log.info("data stream %d/%d: skipped %s", stream, n_streams, dict(self.stats.counts))
             if self.long_docs is not None:
-                log.info("data stream %d/%d epoch %d: data.long_docs %s", stream, n_streams, epoch,
+                log.info("data stream %d/%d after epoch %d: data.long_docs so far %s", stream, n_streams, epoch,
                          dict(self.upsampled))
             epoch, doc, offset = epoch + 1, 0, 0
             if not self.emit_state:

@@ -182,7 +182,7 @@ def long_docs_report(datamodule) -> dict:
     """``data.long_docs``'s plan and, where this process read the training data (``num_workers=0``), the
     copies added and documents dropped as read this run (the shuffle buffer reads ahead of training); with
     workers each stream logs its own counts."""
-    plan = getattr(datamodule, "long_docs_plan", None)
+    plan = datamodule.train_dataset.long_docs
     if plan is None:
         return {}
     read = (dict(datamodule.train_dataset.upsampled) if datamodule.num_workers == 0
