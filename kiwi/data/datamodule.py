@@ -21,6 +21,7 @@ checkpoint, so ``state_dict`` gathers every rank's positions, and each rank pick
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -31,8 +32,11 @@ from kiwi.data.accumulation import AccumulationGroups
 from kiwi.data.document_check import check_documents
 from kiwi.data.long_docs import LongDocPlan
 from kiwi.data.packed_dataset import STATE_KEY, PackedDataset, dist_rank_world
+from kiwi.data.partitions import check_layout, check_partitions, merge_positions
 from kiwi.data.sources import build_source
 from kiwi.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class PackedDataModule(L.LightningDataModule):
@@ -58,6 +62,8 @@ class PackedDataModule(L.LightningDataModule):
         encoder: str = "tokenizer",
         document_mask: bool = True,
         long_docs: dict[str, Any] | None = None,
+        partitions: int | None = None,
+        reorder_on_resume: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -97,6 +103,10 @@ class PackedDataModule(L.LightningDataModule):
             raise ConfigError(f"data.document_mask must be true or false, got {document_mask!r}")
         self.document_mask = document_mask
         self.long_docs = LongDocPlan.check(long_docs)  # the plan itself is measured on the data in _build
+        self.partitions = check_partitions(partitions, repeat)  # None: the per-stream order (layout-dependent)
+        if not isinstance(reorder_on_resume, bool):
+            raise ConfigError(f"data.reorder_on_resume must be true or false, got {reorder_on_resume!r}")
+        self.reorder_on_resume = reorder_on_resume
         self.train_dataset: PackedDataset | None = None
         self.val_dataset: PackedDataset | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -122,6 +132,8 @@ class PackedDataModule(L.LightningDataModule):
         if self._checked == "train" or (self._checked == "held_out" and not train):
             return
         _, world = self._rank_world()
+        if train and self.partitions is not None:
+            check_layout(self.partitions, world, self.num_workers)
         if train and not self.repeat and world > 1:
             raise ConfigError(
                 f"data.repeat=false with {world} training processes: each rank's pass ends when its own "
@@ -130,7 +142,7 @@ class PackedDataModule(L.LightningDataModule):
             )
         check_documents(
             self.source, self.val_documents, self.max_documents, n_streams=world * max(1, self.num_workers),
-            world_size=world, train=train,
+            world_size=world, train=train, partitions=self.partitions,
         )
         self._checked = "train" if train else "held_out"
 
@@ -149,6 +161,8 @@ class PackedDataModule(L.LightningDataModule):
             end_document=self.max_documents,
             repeat=self.repeat,
             emit_state=True,
+            partitions=self.partitions,
+            batch_rows=self.batch_size,
             **common,
         )
         if self.long_docs is not None:
@@ -197,6 +211,11 @@ class PackedDataModule(L.LightningDataModule):
                 self.train_dataset.record(tags)
         return batch
 
+    def _rows_per_step(self) -> int:
+        """The global batch in rows (micro-batch x processes x accumulation): part of the elastic order."""
+        _, world = self._rank_world()
+        return self.batch_size * world * self._accumulate_grad_batches()
+
     def state_dict(self) -> dict[str, Any]:
         """Every rank's stream positions (collective when distributed: all ranks must call it, as
         Lightning's checkpoint dump does)."""
@@ -209,6 +228,10 @@ class PackedDataModule(L.LightningDataModule):
             torch.distributed.all_gather_object(states, local)
         else:
             states = [local]
+        if self.partitions is not None:  # each rank advanced the partitions it trained on
+            positions, next_batch = merge_positions(states)
+            return {**local, "positions": {p: list(v) for p, v in positions.items()}, "next_batch": next_batch,
+                    "rows_per_step": self._rows_per_step(), "accumulate": self._accumulate_grad_batches()}
         merged = dict(local)
         merged["positions"], merged["last_stream"] = {}, {}
         n_streams = next((s["n_streams"] for s in states if s["n_streams"] is not None), None)
@@ -228,7 +251,37 @@ class PackedDataModule(L.LightningDataModule):
         return merged
 
     def _load_into_dataset(self, state: dict[str, Any]) -> None:
+        if self.partitions is not None and state.get("partitions") == self.partitions:
+            state = self._same_global_batch(state)
         self.train_dataset.load_state_dict(state)
+
+    def _same_global_batch(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The elastic order resumes on any layout only with the checkpoint's global batch and micro-batch
+        (steps are cut from the micro-batch sequence by them); ``data.reorder_on_resume`` keeps every
+        partition's position (each document still once per epoch) and re-deals the micro-batches from there."""
+        rows = self._rows_per_step()
+        saved_rows = state.get("rows_per_step", rows)
+        saved_batch = state.get("batch_rows")
+        if rows == saved_rows and saved_batch == self.batch_size:
+            if state.get("next_batch", 0) % (rows // self.batch_size):
+                raise ConfigError(f"data state: the checkpoint is at micro-batch {state['next_batch']}, not at an "
+                                  f"optimizer step of {rows // self.batch_size} micro-batches; resume from a step "
+                                  "checkpoint (ModelCheckpoint or a signal's save)")
+            return state
+        if not self.reorder_on_resume:
+            _, world = self._rank_world()
+            need = saved_rows / (self.batch_size * world)
+            fix = (f"trainer.accumulate_grad_batches={int(need)}" if need == int(need) and saved_batch ==
+                   self.batch_size else f"data.batch_size={saved_batch} and a matching trainer.accumulate_grad_batches")
+            raise ConfigError(
+                f"data state: the checkpoint trained {saved_rows} rows per step in micro-batches of {saved_batch}, "
+                f"this run has {rows} in micro-batches of {self.batch_size} ({self.batch_size} x {world} processes x "
+                f"{self._accumulate_grad_batches()} accumulation); set {fix} to resume exactly, or "
+                "data.reorder_on_resume=true to go on with another order (every document still once per epoch)")
+        log.warning("data.reorder_on_resume: the checkpoint's global batch was %s rows in micro-batches of %s, now "
+                    "%s in micro-batches of %s; every partition goes on from its position, the order differs from "
+                    "here on", saved_rows, saved_batch, rows, self.batch_size)
+        return {**state, "batch_rows": self.batch_size, "next_batch": 0}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:

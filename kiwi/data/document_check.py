@@ -22,6 +22,7 @@ def check_documents(
     n_streams: int = 1,
     world_size: int = 1,
     train: bool = True,
+    partitions: int | None = None,
 ) -> None:
     """Fail fast, naming the source and the reason, instead of training on nothing (an endless loop of
     empty epochs, or a rank that waits forever on the others): an empty source, every record skipped,
@@ -29,9 +30,12 @@ def check_documents(
 
     Reads records in order only until every stream has one training document, so on real data it costs
     ``held_out + n_streams`` records; it reads everything only when something is wrong. ``train=False``
-    checks just the held-out set (evaluation)."""
+    checks just the held-out set (evaluation). With ``partitions`` (the elastic order) every partition needs
+    a document, whatever the layout."""
     if not train and not held_out:
         return
+    if partitions is not None:
+        n_streams = partitions
     stats = SourceStats()
     n_records, n_held_out, covered = 0, 0, set()
     for index, text in source.records(Selection(stop=end), stats):
@@ -68,6 +72,11 @@ def check_documents(
             "(data.on_error=raise names the first bad record)"
         )
     missing = min(set(range(n_streams)) - covered)
+    if partitions is not None:
+        raise DataError(
+            f"data: {what}: {n_train} training records for data.partitions={partitions}; partition {missing} would "
+            f"get no training document{skipped}; set data.partitions to at most {len(covered)} (and a multiple of "
+            "processes x data.num_workers), or add data")
     workers = n_streams // world_size
     raise DataError(
         f"data: {what}: {n_train} training records for {n_streams} streams ({world_size} ranks x {workers} "

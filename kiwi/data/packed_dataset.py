@@ -1,5 +1,10 @@
 """``PackedDataset``: a document stream split across ranks and workers, shuffled, tokenized and packed.
 
+Two orders. With ``partitions`` (``data.partitions``, the default config) the rows are the elastic order of
+``kiwi.data.partitions``: each partition is packed like one stream below, and the layout only decides which
+reader reads which partitions. With ``partitions=None`` the order is the per-stream one described here,
+a function of the layout.
+
 Splitting: with ``W`` dataloader workers and ``world_size`` ranks there are ``world_size * W`` streams;
 stream ``rank * W + local`` gets the records whose global index is congruent to it (see
 ``kiwi.data.sources``), so every document is read, tokenized and yielded exactly once per epoch.
@@ -24,6 +29,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -33,8 +39,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from kiwi.data.document_check import usable
 from kiwi.data.long_docs import LongDocPlan
 from kiwi.data.packing import buffer_shuffle, pack_documents
+from kiwi.data.partitions import EpochDemux, PartitionEncoder, check_layout, reader_class
 from kiwi.data.sources import DocumentSource, FileSource, Selection, SourceStats
-from kiwi.errors import DataError, worker_message
+from kiwi.errors import ConfigError, DataError, worker_message
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,8 @@ class PackedDataset(IterableDataset):
         max_tokens: int | None = None,
         document_mask: bool = True,
         long_docs: LongDocPlan | None = None,
+        partitions: int | None = None,
+        batch_rows: int = 1,
     ) -> None:
         super().__init__()
         dist_rank, dist_world = dist_rank_world()
@@ -140,6 +149,14 @@ class PackedDataset(IterableDataset):
         self.max_tokens = max_tokens
         self.document_mask = bool(document_mask)  # False: one causal sequence per row (kiwi.data.packing)
         self.long_docs = long_docs  # None: every document once per epoch (kiwi.data.long_docs)
+        # None: the per-stream order (a function of the layout); else the elastic order of kiwi.data.partitions,
+        # whose micro-batches are ``batch_rows`` rows of one partition.
+        self.partitions = partitions
+        self.batch_rows = int(batch_rows)
+        if partitions is not None and (partitions < 1 or self.batch_rows < 1 or not repeat):
+            raise ValueError(f"PackedDataset: partitions={partitions} needs partitions >= 1, batch_rows >= 1 and "
+                             "repeat=True (kiwi.data.partitions)")
+        self.next_batch = 0  # elastic order: the global micro-batch the next consumed one is
         self.stats = SourceStats()
         self.upsampled: Counter = Counter()  # long_doc_copies, short_docs_dropped (this process's streams)
         # Resume state (see module docstring); positions are keyed by global stream id.
@@ -150,7 +167,15 @@ class PackedDataset(IterableDataset):
     # ----------------------------------------------------------------------------------------- state
 
     def record(self, stream_state: torch.Tensor) -> None:
-        """Note the position after rows that were actually consumed (``[B, 5]`` or ``[5]`` tags)."""
+        """Note the position after rows that were actually consumed (``[B, 5]`` or ``[5]`` tags; ``[B, 6]``
+        in the elastic order: ``[partition, partitions, epoch, doc, offset, micro-batch]``)."""
+        if self.partitions is not None:
+            for part, parts, epoch, doc, offset, batch in stream_state.reshape(-1, 6).tolist():
+                if parts != self.partitions:
+                    raise RuntimeError(f"PackedDataset.record: rows of {parts} partitions, expected {self.partitions}")
+                self.positions[part] = (epoch, doc, offset)
+                self.next_batch = max(self.next_batch, batch + 1)
+            return
         tags = stream_state.reshape(-1, 5).tolist()
         for stream, n_streams, epoch, doc, offset in tags:
             if self.n_streams not in (None, n_streams):
@@ -160,34 +185,46 @@ class PackedDataset(IterableDataset):
             self.last_stream[stream * self.world_size // n_streams] = stream
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "seq_len": self.seq_len,
-            "seed": self.seed,
-            "shuffle_buffer": self.shuffle_buffer,
-            "world_size": self.world_size,
-            "long_docs": None if self.long_docs is None else self.long_docs.as_dict(),
-            "n_streams": self.n_streams,
-            "positions": {int(k): list(v) for k, v in self.positions.items()},
-            "last_stream": {int(k): int(v) for k, v in self.last_stream.items()},
-        }
+        common = {"seq_len": self.seq_len, "seed": self.seed, "shuffle_buffer": self.shuffle_buffer,
+                  "long_docs": None if self.long_docs is None else self.long_docs.as_dict(),
+                  "positions": {int(k): list(v) for k, v in self.positions.items()}}
+        if self.partitions is not None:  # no layout in it: any layout that fits resumes it
+            return {**common, "partitions": self.partitions, "batch_rows": self.batch_rows,
+                    "next_batch": self.next_batch}
+        return {**common, "world_size": self.world_size, "n_streams": self.n_streams,
+                "last_stream": {int(k): int(v) for k, v in self.last_stream.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seq_len", "seed", "shuffle_buffer", "world_size"):
+        saved = state.get("partitions")
+        if saved != self.partitions:
+            if saved is None:
+                raise ConfigError(
+                    f"data state: the checkpoint has the per-stream data order of kiwi before data.partitions "
+                    f"({state.get('world_size')} processes, {state.get('n_streams')} streams); resume it with "
+                    "data.partitions=null on that layout")
+            raise ConfigError(
+                f"data state: the checkpoint has data.partitions={saved}, this run has {self.partitions}; the "
+                f"stream cannot be resumed exactly (use data.partitions={saved})")
+        keys = ("seq_len", "seed", "shuffle_buffer") + (("batch_rows",) if saved else ("world_size",))
+        names = {"batch_rows": "batch_size", "world_size": "world size"}
+        for key in keys:
             if state.get(key) != getattr(self, key):
-                raise ValueError(
-                    f"data state: checkpoint has {key}={state.get(key)}, this run has {getattr(self, key)}; "
-                    "the stream cannot be resumed exactly (use the same data settings and world size)"
-                )
+                raise ConfigError(
+                    f"data state: checkpoint has {names.get(key, key)}={state.get(key)}, this run has "
+                    f"{getattr(self, key)}; the stream cannot be resumed exactly (use the same data settings"
+                    + (")" if saved else " and world size)"))
         plan = None if self.long_docs is None else self.long_docs.as_dict()
         if state.get("long_docs") != plan:
-            raise ValueError(
+            raise ConfigError(
                 f"data state: checkpoint has data.long_docs plan {state.get('long_docs')}, this run has {plan}; "
                 "the stream cannot be resumed exactly (use the checkpoint's data.long_docs and training data)"
             )
-        self.n_streams = state.get("n_streams")
         self.positions = {int(k): tuple(v) for k, v in state.get("positions", {}).items()}
+        if saved:
+            self.next_batch = int(state.get("next_batch", 0))
+            return
+        self.n_streams = state.get("n_streams")
         self.last_stream = {int(k): int(v) for k, v in state.get("last_stream", {}).items()}
-
     # ------------------------------------------------------------------------------------- iteration
 
     def _stream_of_this_worker(self) -> tuple[int, int]:
@@ -212,9 +249,8 @@ class PackedDataset(IterableDataset):
         eos = [self.eos_id]
         return [np.array(x + eos, dtype=np.int64) for x in ids]
 
-    def _documents(self, stream: int, n_streams: int, epoch: int) -> Iterator[tuple[int, str]]:
-        """(global index, text) of this stream's usable documents, in source order."""
-        selection = Selection(stream, n_streams, start=self.first_document, stop=self.end_document)
+    def _documents(self, selection: Selection) -> Iterator[tuple[int, str]]:
+        """(global index, text) of the selection's usable documents, in source order."""
         for index, text in self.source.records(selection, self.stats):
             if text is None:
                 continue  # a bad record skipped under on_error=skip (already counted)
@@ -223,12 +259,15 @@ class PackedDataset(IterableDataset):
                 continue
             yield index, text
 
+    def _selection(self, stream: int, n_streams: int) -> Selection:
+        return Selection(stream, n_streams, start=self.first_document, stop=self.end_document)
+
     def document_lengths(self, limit: int) -> list[int]:
         """Token counts (EOS included) of the first ``limit`` usable documents of the whole selection, in
         source order: the same on every rank and worker (the sample ``data.long_docs`` is measured on)."""
         stats, self.stats = self.stats, SourceStats()  # a sample, not training: skips are counted when trained
         try:
-            texts = (text for _, text in itertools.islice(self._documents(0, 1, 0), limit))
+            texts = (text for _, text in itertools.islice(self._documents(self._selection(0, 1)), limit))
             return [len(tokens) for tokens in self._tokenized(texts)]
         finally:
             self.stats = stats
@@ -237,37 +276,42 @@ class PackedDataset(IterableDataset):
         while batch := list(itertools.islice(texts, self.tokenize_batch)):
             yield from self._encode(batch)
 
-    def _upsampled(self, pairs: Iterator[tuple[int, str]], stream: int, epoch: int) -> Iterator[np.ndarray]:
+    def _upsampled(self, pairs: Iterator[tuple[int, str]], stream: int, epoch: int, buffer: int,
+                   tokenize) -> Iterator[np.ndarray]:
         """Each document as many times as the plan gives it, shuffled again so copies are spread apart."""
         def expanded():
             indexed, texts = itertools.tee(pairs)
-            for (index, _), tokens in zip(indexed, self._tokenized(text for _, text in texts), strict=True):
+            for (index, _), tokens in zip(indexed, tokenize(text for _, text in texts), strict=True):
                 copies = self.long_docs.copies(len(tokens), self.seed, epoch, index)
                 if copies != 1:
                     self.upsampled["long_doc_copies" if copies > 1 else "short_docs_dropped"] += abs(copies - 1)
                 yield from [tokens] * copies
 
         rng = random.Random(f"kiwi-long-docs:{self.seed}:{epoch}:{stream}")
-        return buffer_shuffle(expanded(), self.shuffle_buffer, rng)
+        return buffer_shuffle(expanded(), buffer, rng)
 
-    def _epoch_rows(self, stream: int, n_streams: int, epoch: int, doc: int, offset: int):
+    def _epoch_rows(self, stream: int, epoch: int, doc: int, offset: int, documents: Iterator[tuple[int, str]],
+                    buffer: int, tokenize):
+        """Rows of one epoch of one stream (or partition): its ``documents`` shuffled by its own seeded rng,
+        packed from ``(doc, offset)`` on; ``tokenize`` maps texts to token arrays."""
         rng = random.Random(f"kiwi-data:{self.seed}:{epoch}:{stream}")
-        pairs = buffer_shuffle(self._documents(stream, n_streams, epoch), self.shuffle_buffer, rng)
+        pairs = buffer_shuffle(documents, buffer, rng)
         if self.long_docs is None:
             texts = itertools.islice((text for _, text in pairs), doc, None)  # replay: no tokenization
-            docs = self._tokenized(texts)
+            docs = tokenize(texts)
         else:  # copies depend on lengths, so a replay tokenizes the documents it skips
-            docs = itertools.islice(self._upsampled(pairs, stream, epoch), doc, None)
+            docs = itertools.islice(self._upsampled(pairs, stream, epoch, buffer, tokenize), doc, None)
         if self.max_tokens is not None:
             docs = cut_tokens(docs, self.max_tokens)
         yield from pack_documents(docs, self.seq_len, self.eos_id, doc=doc, offset=offset,
                                   document_mask=self.document_mask)
 
-    def _rows_with_positions(self, stream: int, n_streams: int, epoch: int, doc: int, offset: int):
+    def _rows_with_positions(self, stream: int, epoch: int, doc: int, offset: int,
+                             documents: Iterator[tuple[int, str]], buffer: int, tokenize):
         """Rows of one epoch with the position after each; the last row points at the next epoch (one row
         of lookahead), so a finished epoch is never replayed."""
         pending = None
-        for row, next_doc, next_offset in self._epoch_rows(stream, n_streams, epoch, doc, offset):
+        for row, next_doc, next_offset in self._epoch_rows(stream, epoch, doc, offset, documents, buffer, tokenize):
             if pending is not None:
                 yield pending
             pending = (row, (epoch, next_doc, next_offset))
@@ -283,15 +327,58 @@ class PackedDataset(IterableDataset):
         return min(self.positions.get(s, (0, 0, 0))[0] for s in own)
 
     def _no_documents(self, stream: int, n_streams: int) -> DataError:
-        workers = n_streams // self.world_size
         skipped = f" (skipped: {dict(self.stats.counts)})" if self.stats.counts else ""
+        if self.partitions is not None:
+            return DataError(
+                f"data: {self.source.describe()}: partition {stream} of data.partitions={n_streams} has no "
+                f"documents{skipped}; check the source is not empty, that data.val_documents leaves documents "
+                "to train on, and use fewer data.partitions than training documents")
+        workers = n_streams // self.world_size
         return DataError(
             f"data: {self.source.describe()}: stream {stream} of {n_streams} (rank {stream // workers}, worker "
             f"{stream % workers}) has no documents{skipped}; check the source is not empty, that "
             "data.val_documents leaves documents to train on, and use fewer devices or data.num_workers"
         )
 
+    def _log_epoch(self, stream: int, n_streams: int, epoch: int) -> None:
+        if self.stats.counts:
+            log.info("data stream %d/%d: skipped %s", stream, n_streams, dict(self.stats.counts))
+        if self.long_docs is not None:
+            log.info("data stream %d/%d after epoch %d: data.long_docs so far %s", stream, n_streams, epoch,
+                     dict(self.upsampled))
+
+    def _stream_epochs(self, stream: int, n_streams: int, documents, buffer: int, tokenize=None):
+        """(row, position after it) of one stream or partition from its saved position on, epoch after
+        epoch (one epoch unless ``repeat``); ``documents(epoch)`` gives the epoch's (index, text) pairs."""
+        tokenize = tokenize or self._tokenized
+        epoch, doc, offset = self.positions.get(stream, (0, 0, 0))
+        while True:
+            fresh, produced = doc == 0 and offset == 0, 0
+            if self.partitions is None:
+                rows = self._rows_with_positions(stream, epoch, doc, offset, documents(epoch), buffer, tokenize)
+            else:  # no row of lookahead: it would pack a row ahead in every partition a reader holds
+                rows = ((row, (epoch, d, o)) for row, d, o in
+                        self._epoch_rows(stream, epoch, doc, offset, documents(epoch), buffer, tokenize))
+            for row, position in rows:
+                produced += 1
+                yield row, position
+            if fresh and produced == 0:  # an empty epoch would repeat forever (or end every pass at once)
+                raise self._no_documents(stream, n_streams)
+            self._log_epoch(stream, n_streams, epoch)
+            epoch, doc, offset = epoch + 1, 0, 0
+            if not self.repeat:
+                return
+
+    def _sample(self, row: dict[str, np.ndarray], tag: list[int] | None) -> dict[str, torch.Tensor]:
+        sample = {k: torch.from_numpy(v) for k, v in row.items()}
+        if tag is not None:
+            sample[STATE_KEY] = torch.tensor(tag, dtype=torch.long)
+        return sample
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.partitions is not None:
+            yield from self._partitioned()
+            return
         stream, n_streams = self._stream_of_this_worker()
         if not self.resume:
             self.positions.clear()
@@ -301,29 +388,61 @@ class PackedDataset(IterableDataset):
                 f"PackedDataset: max_tokens is a bound on the whole set, read by one stream; this one has {n_streams} "
                 "(load it with num_workers=0 and world_size=1)"
             )
-        epoch, doc, offset = self.positions.get(stream, (0, 0, 0))
+        epoch = self.positions.get(stream, (0, 0, 0))[0]
         if not self.repeat and epoch > self._pass_epoch(n_streams):
             return
+        selection = self._selection(stream, n_streams)
+        rows = self._stream_epochs(stream, n_streams, lambda _: self._documents(selection), self.shuffle_buffer)
+        for row, position in rows:
+            if self.emit_state:
+                yield self._sample(row, [stream, n_streams, *position])
+                continue
+            self.n_streams = n_streams
+            self.positions[stream] = position
+            yield self._sample(row, None)
+
+    def _partitioned(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This reader's micro-batches of the elastic order (kiwi.data.partitions): global micro-batch ``u``
+        is the next ``batch_rows`` rows of partition ``u % partitions``, and this reader (rank + world x
+        worker) takes every ``readers``-th one from the saved ``next_batch`` on."""
+        if not self.resume:
+            self.positions.clear()
+            self.next_batch = 0
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (0, 0)
+        parts = self.partitions
+        readers = check_layout(parts, self.world_size, workers)
+        slot = self.rank + self.world_size * worker
+        owned = list(range(reader_class(self.next_batch, slot, readers), parts, readers))
+        selection = self._selection(owned[0], readers)  # its documents: index % partitions in owned
+        buffer = -(-self.shuffle_buffer // parts)  # data.shuffle_buffer documents in total over the partitions
+        demuxes: dict[int, EpochDemux] = {}
+        current = {p: self.positions.get(p, (0, 0, 0))[0] for p in owned}
+
+        def documents(part: int):
+            def of_epoch(epoch: int):
+                current[part] = epoch
+                for old in [e for e in demuxes if e < min(current.values())]:
+                    del demuxes[old]  # every partition of this reader is past that epoch
+                if epoch not in demuxes:
+                    demuxes[epoch] = EpochDemux(self._documents(selection), parts, owned)
+                return demuxes[epoch].documents(part)
+            return of_epoch
+
+        encoder = PartitionEncoder(self._encode, self.tokenize_batch, owned, self.batch_rows * self.seq_len)
+        streams = {p: self._stream_epochs(p, parts, documents(p), buffer, partial(encoder.tokenized, p))
+                   for p in owned}
+        batch = self.next_batch + slot
         while True:
-            fresh, produced = doc == 0 and offset == 0, 0
-            for row, position in self._rows_with_positions(stream, n_streams, epoch, doc, offset):
-                produced += 1
-                sample = {k: torch.from_numpy(v) for k, v in row.items()}
+            part = batch % parts
+            encoder.visit(part)
+            for _ in range(self.batch_rows):
+                row, position = next(streams[part])
                 if self.emit_state:
-                    sample[STATE_KEY] = torch.tensor([stream, n_streams, *position], dtype=torch.long)
-                else:
-                    self.n_streams = n_streams
-                    self.positions[stream] = position
-                yield sample
-            if fresh and produced == 0:  # an empty epoch would repeat forever (or end every pass at once)
-                raise self._no_documents(stream, n_streams)
-            if self.stats.counts:
-                log.info("data stream %d/%d: skipped %s", stream, n_streams, dict(self.stats.counts))
-            if self.long_docs is not None:
-                log.info("data stream %d/%d after epoch %d: data.long_docs so far %s", stream, n_streams, epoch,
-                         dict(self.upsampled))
-            epoch, doc, offset = epoch + 1, 0, 0
+                    yield self._sample(row, [part, parts, *position, batch])
+                    continue
+                self.positions[part] = position
+                yield self._sample(row, None)
             if not self.emit_state:
-                self.positions[stream] = (epoch, 0, 0)
-            if not self.repeat:
-                return
+                self.next_batch = batch + 1
+            batch += readers

@@ -16,9 +16,30 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from kiwi.atomic import publish_dir, remove
+from kiwi.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 TMP_SUFFIX = re.compile(r"\.tmp(\d+)$")  # StreamingCheckpointIO's temporary file: <name>.tmp<pid>
+
+
+def match_accumulation(checkpoint: dict, saved: int, accumulate: int) -> None:
+    """Re-count a mid-epoch checkpoint's batches for another ``accumulate_grad_batches`` (a resume on another
+    layout with the same global batch: kiwi.data.partitions). Lightning places optimizer steps by the epoch's
+    batch count, which is per rank: unchanged, the resumed run would step after the wrong micro-batch. Every
+    counter moves by the same amount, so the lag Lightning keeps between them (a save inside a batch's hooks)
+    stays as it was."""
+    if saved == accumulate:
+        return
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if not progress:
+        return
+    for scope in ("total", "current"):
+        counts = progress[scope]
+        if counts["ready"] % saved:
+            raise CheckpointError(f"checkpoint: saved after {counts['ready']} micro-batches, not at an optimizer "
+                                  f"step of {saved}; resume from a step checkpoint")
+        shift = counts["ready"] // saved * accumulate - counts["ready"]
+        progress[scope] = {k: v + shift for k, v in counts.items()}
 
 
 def alive(pid: int) -> bool:

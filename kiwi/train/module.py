@@ -20,6 +20,7 @@ from kiwi.errors import ConfigError, KiwiError
 from kiwi.model.build import BuiltModel, as_dict, build_model
 from kiwi.model.checkpointing import apply_activation_checkpointing
 from kiwi.model.loss import DEFAULT_CHUNK, lm_nll, lm_nll_and_kl, perplexity
+from kiwi.train.checkpoint import match_accumulation
 from kiwi.train.levers import distill_settings, skipped_layers, split_copied
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,14 @@ class KiwiLM(L.LightningModule):
         checkpoint["kiwi"] = {"hf_config": self.model.config.to_dict(), "plan": self.plan.to_dict(),
                               "tokenizer_dir": getattr(self.tokenizer, "name_or_path", None),
                               "skipped_layers": skipped_layers(self.model)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resume with another accumulation (same global batch, other layout) steps where it would have."""
+        trainer = self._trainer
+        data = getattr(trainer, "datamodule", None)
+        saved = (checkpoint.get(type(data).__qualname__) or {}).get("accumulate") if data is not None else None
+        if saved:
+            match_accumulation(checkpoint, int(saved), int(trainer.accumulate_grad_batches))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kiwi.cli import validate_trainer
 from kiwi.data.document_check import check_documents
+from kiwi.data.partitions import check_layout, check_partitions
 from kiwi.data.sources import build_source
 from kiwi.errors import ConfigError, DataError
 from kiwi.model.preflight import check_checkpoint, check_layer_selection
@@ -32,7 +33,19 @@ def check_train_config(cfg: DictConfig) -> None:
     check_layer_selection(OmegaConf.to_container(cfg.model, resolve=True))
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, "ckpt_path")
+    check_data_layout(cfg.data, cfg.trainer)
     check_data_files(cfg.data)
+
+
+def check_data_layout(data: DictConfig, trainer: DictConfig) -> None:
+    """``data.partitions`` against the processes and workers asked for (when the config says how many:
+    ``devices: auto`` is counted by the datamodule once the trainer knows)."""
+    partitions = check_partitions(data.get("partitions"), bool(data.get("repeat", True)))
+    devices = trainer.get("devices", 1)
+    if partitions is None or not isinstance(devices, int | ListConfig) or devices in (-1,):
+        return
+    per_node = len(devices) if isinstance(devices, ListConfig) else devices
+    check_layout(partitions, per_node * int(trainer.get("num_nodes") or 1), int(data.get("num_workers") or 0))
 
 
 def check_data_files(data: DictConfig) -> None:

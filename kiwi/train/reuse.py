@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 # What changes how fast a run goes but not the weights it ends with: left out of training_definition.
-# Not data.num_workers: the row order is a function of world size x workers (kiwi.data.packed_dataset), so
-# another worker count trains other batches (tests/train/test_reuse_workers.py measures it).
+# data.num_workers only with data.partitions (the elastic order, kiwi.data.partitions): in the per-stream order
+# the rows are a function of world size x workers, so another count trains other batches
+# (tests/train/test_reuse_workers.py measures both).
 SPEED_ONLY = {"model": ("compile", "activation_checkpointing", "checkpoint_every", "attn_implementation"),
               "data": ("tokenize_batch", "val_batch_size", "val_tokens", "val_seq_len"),
               "budget": ("tokens_per_s_estimate",), "module": ("_target_", "_partial_", "cache_dir", "loss_chunk",
@@ -39,6 +40,8 @@ def training_definition(cfg: DictConfig) -> dict:
     for key, dropped in SPEED_ONLY.items():
         for name in dropped:
             out[key].pop(name, None)
+    if out["data"].get("partitions") is not None:
+        out["data"].pop("num_workers", None)
     out["trainer"] = {k: cfg.trainer.get(k) for k in TRAINER_KEYS}  # key by key: others need the Hydra runtime
     out["trainer"]["world_size"] = trainer_world_size(cfg.trainer)  # devices: auto counts the GPUs here
     callbacks = cfg.get("callbacks") or {}

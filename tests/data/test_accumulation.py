@@ -97,7 +97,8 @@ def test_trainer_fit_groups_and_checkpointed_data_definition(tmp_path, tokenizer
         "source": {"kind": "files", "files": files}, "seq_len": 24, "batch_size": 2, "shuffle_buffer": 4,
         "seed": 2, "num_workers": 2, "val_documents": 3, "val_tokens": 40, "val_seq_len": None,
         "val_batch_size": None, "text_field": "text", "on_error": "raise", "max_documents": None,
-        "repeat": False, "tokenize_batch": 64, "pin_memory": False, "encoder": "tokenizer",
+        "repeat": False, "tokenize_batch": 64, "pin_memory": False, "encoder": "tokenizer", "partitions": None,
+        "reorder_on_resume": False,
         "document_mask": True, "long_docs": None,
     }
     again = PackedDataModule(tokenizer, **hparams)

@@ -59,6 +59,7 @@ def test_local_config(compose_cfg, tokenizer, tmp_path):
             "data.seq_len=64",
             "data.num_workers=0",
             "data.val_documents=4",
+            "data.partitions=4",  # 36 training documents: fewer than the default 64 partitions
         ],
     )
     dm = instantiate(cfg.data, tokenizer=tokenizer)

@@ -197,6 +197,12 @@ class RecordRank(L.Callback):
             self.val.append(pl_module.last_val)
 
     def on_train_end(self, trainer, pl_module):
+        self._write(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._write(trainer, pl_module)  # a run stopped by a signal ends in the signal's exception
+
+    def _write(self, trainer, pl_module):
         from pathlib import Path
 
         tok = pl_module.tokenizer

@@ -43,7 +43,7 @@ def _train(out: Path, corpus: Path, *overrides: str, record: dict | None = None,
             "data.batch_size=2", f"data.val_documents={VAL_DOCS}", "data.num_workers=0", "data.shuffle_buffer=8",
             "trainer.devices=2", "trainer.strategy=ddp", f"trainer.max_steps={steps}", "trainer.log_every_n_steps=1",
             "trainer.val_check_interval=4", "logger=csv", "validate_before=false", "export_hf=false",
-            "~callbacks.layer_plan", f"hydra.run.dir='{out}'", *overrides,
+            "~callbacks.layer_plan", f"hydra.run.dir='{out}'", "data.partitions=null", *overrides,
             f"+callbacks.record._target_={RECORD}", f"+callbacks.record.out_dir='{out}'"]
     args += [f"+callbacks.record.{k}={v}" for k, v in (record or {}).items()]
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK",

@@ -223,7 +223,7 @@ def test_a_long_docs_run_reports_its_plan_and_what_it_read(tmp_path, kiwi_cache)
     from kiwi.train.run import run
 
     out = tmp_path / "long"
-    run(_cfg(out, ["trainer.max_steps=3", "data.num_workers=0",
+    run(_cfg(out, ["trainer.max_steps=3", "data.num_workers=0", "data.partitions=4",
                    "data.long_docs={min_tokens:4096,target_share:0.8,mode:repeat}"]))
     plan = json.loads((out / "perplexity_report.json").read_text())["long_docs"]
     assert plan["min_tokens"] == 4096 and plan["mode"] == "repeat"
