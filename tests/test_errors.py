@@ -213,7 +213,7 @@ EARLY_ERRORS = {  # id: (script, overrides given tmp_path, what the line must na
                                                               f"checkpoints=[{_truncated_checkpoint(t / 'cut.ckpt')}]"],
                                     ["checkpoints[0]", "cut.ckpt", "truncated or corrupt"]),
     "partitions_layout": ("train.py", lambda t: ["experiment=quickstart", "data.num_workers=3"],
-                          ["data.partitions=64", "1 processes x 3 dataloader workers = 3 readers", "(1, 2, 4, 8, 16"]),
+                          ["data.partitions=64", "1 process x 3 dataloader workers = 3 readers", "(1, 2, 4, 8, 16"]),
     "evaluate_n_target_below_base": ("evaluate.py", lambda t: ["model=tiny", "model.layer_selection.n_target=4",
                                                                "run_tasks=[heldout]", "data=corpus"],
                                      ["model.layer_selection", "n_target=4 < n_source=6"]),

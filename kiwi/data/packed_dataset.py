@@ -39,7 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from kiwi.data.document_check import usable
 from kiwi.data.long_docs import LongDocPlan
 from kiwi.data.packing import buffer_shuffle, pack_documents
-from kiwi.data.partitions import EpochDemux, PartitionEncoder, check_layout, reader_class
+from kiwi.data.partitions import EpochDemux, PartitionEncoder, check_layout, check_partitions, reader_class
 from kiwi.data.sources import DocumentSource, FileSource, Selection, SourceStats
 from kiwi.errors import ConfigError, DataError, worker_message
 
@@ -151,11 +151,10 @@ class PackedDataset(IterableDataset):
         self.long_docs = long_docs  # None: every document once per epoch (kiwi.data.long_docs)
         # None: the per-stream order (a function of the layout); else the elastic order of kiwi.data.partitions,
         # whose micro-batches are ``batch_rows`` rows of one partition.
-        self.partitions = partitions
+        self.partitions = check_partitions(partitions, repeat)
         self.batch_rows = int(batch_rows)
-        if partitions is not None and (partitions < 1 or self.batch_rows < 1 or not repeat):
-            raise ValueError(f"PackedDataset: partitions={partitions} needs partitions >= 1, batch_rows >= 1 and "
-                             "repeat=True (kiwi.data.partitions)")
+        if self.batch_rows < 1:
+            raise ValueError(f"PackedDataset: batch_rows={batch_rows} must be >= 1 (the rows of one micro-batch)")
         self.next_batch = 0  # elastic order: the global micro-batch the next consumed one is
         self.stats = SourceStats()
         self.upsampled: Counter = Counter()  # long_doc_copies, short_docs_dropped (this process's streams)

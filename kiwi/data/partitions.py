@@ -57,8 +57,10 @@ def check_layout(partitions: int, world_size: int, num_workers: int) -> int:
     if partitions % readers:
         fits = ", ".join(str(n) for n in valid_readers(partitions))
         raise ConfigError(
-            f"data.partitions={partitions} cannot be split evenly over {world_size} processes x "
-            f"{max(1, num_workers)} dataloader workers = {readers} readers; processes x max(1, data.num_workers) "
+            f"data.partitions={partitions} cannot be split evenly over {world_size} "
+            f"process{'es' if world_size != 1 else ''} x "
+            f"{max(1, num_workers)} dataloader worker{'s' if max(1, num_workers) != 1 else ''} = {readers} readers; "
+            "processes x max(1, data.num_workers) "
             f"must divide it ({fits}): change trainer.devices / trainer.num_nodes / data.num_workers, or "
             "data.partitions (which changes the data order)")
     return readers

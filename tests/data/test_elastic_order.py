@@ -244,3 +244,16 @@ def test_the_partition_encoder_keeps_each_partitions_order_and_tokenizes_little_
     for part, own in texts.items():
         expected = [t.tolist() for t in encode(own)]
         assert got[part] == expected[: len(got[part])] and len(got[part]) > 10
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"partitions": 0, "repeat": True}, r"data\.partitions must be a positive integer or null"),
+    ({"partitions": 4, "repeat": False}, r"data\.partitions needs data\.repeat=true"),
+    ({"partitions": 4, "repeat": True, "batch_rows": 0}, r"batch_rows=0 must be >= 1"),
+])
+def test_the_dataset_refuses_what_the_config_check_refuses(tokenizer, kw, match):
+    from kiwi.data import PackedDataset, TextListSource
+
+    with pytest.raises((ConfigError, ValueError), match=match) as err:
+        PackedDataset(TextListSource([]), tokenizer, **kw)
+    assert "\n" not in str(err.value)
