@@ -75,8 +75,9 @@ def check_documents(
     if partitions is not None:
         raise DataError(
             f"data: {what}: {n_train} training records for data.partitions={partitions}; partition {missing} would "
-            f"get no training document{skipped}; set data.partitions to at most {len(covered)} (and a multiple of "
-            "processes x data.num_workers), or add data")
+            f"get no training document{skipped} (partition p trains the documents whose index % data.partitions = p); "
+            f"set data.partitions to one that leaves none empty (the training records cover {len(covered)} of "
+            f"{partitions} now; a multiple of processes x data.num_workers), or add data")
     workers = n_streams // world_size
     raise DataError(
         f"data: {what}: {n_train} training records for {n_streams} streams ({world_size} ranks x {workers} "

@@ -46,6 +46,11 @@ from kiwi.errors import ConfigError, DataError, worker_message
 log = logging.getLogger(__name__)
 
 STATE_KEY = "stream_state"
+# An epoch that data.long_docs subsampling empties is skipped (a small partition can lose every short
+# document at random); this many in a row mean the plan keeps (almost) nothing, which is an error.
+MAX_EMPTIED_EPOCHS = 100
+# Epochs between a reader's slowest and fastest partition past which it says that memory grows with them.
+DRIFT_WARNING_EPOCHS = 8
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -83,6 +88,13 @@ def cut_tokens(docs: Iterator[np.ndarray], max_tokens: int) -> Iterator[np.ndarr
             return
         yield tokens[:left]
         left -= len(tokens)
+
+
+def _counted(pairs: Iterator, read: list[int]) -> Iterator:
+    """``pairs`` unchanged, counting them into ``read[0]`` (what an epoch read, whether or not it packed)."""
+    for pair in pairs:
+        read[0] += 1
+        yield pair
 
 
 class PackedDataset(IterableDataset):
@@ -325,8 +337,15 @@ class PackedDataset(IterableDataset):
         own = range(self.rank * per_rank, (self.rank + 1) * per_rank)
         return min(self.positions.get(s, (0, 0, 0))[0] for s in own)
 
-    def _no_documents(self, stream: int, n_streams: int) -> DataError:
+    def _no_documents(self, stream: int, n_streams: int, emptied: int = 0) -> DataError:
         skipped = f" (skipped: {dict(self.stats.counts)})" if self.stats.counts else ""
+        if emptied:
+            what = (f"partition {stream} of data.partitions={n_streams}" if self.partitions is not None
+                    else f"stream {stream} of {n_streams}")
+            return DataError(
+                f"data: {self.source.describe()}: data.long_docs dropped every document of {what} in {emptied} "
+                f"epochs in a row (so far: {dict(self.upsampled)}); lower data.long_docs.target_share, or use fewer "
+                "data.partitions")
         if self.partitions is not None:
             return DataError(
                 f"data: {self.source.describe()}: partition {stream} of data.partitions={n_streams} has no "
@@ -351,18 +370,24 @@ class PackedDataset(IterableDataset):
         epoch (one epoch unless ``repeat``); ``documents(epoch)`` gives the epoch's (index, text) pairs."""
         tokenize = tokenize or self._tokenized
         epoch, doc, offset = self.positions.get(stream, (0, 0, 0))
+        emptied = 0  # epochs in a row that data.long_docs subsampling left without a document
         while True:
-            fresh, produced = doc == 0 and offset == 0, 0
+            fresh, produced, read = doc == 0 and offset == 0, 0, [0]
+            pairs = _counted(documents(epoch), read)
             if self.partitions is None:
-                rows = self._rows_with_positions(stream, epoch, doc, offset, documents(epoch), buffer, tokenize)
+                rows = self._rows_with_positions(stream, epoch, doc, offset, pairs, buffer, tokenize)
             else:  # no row of lookahead: it would pack a row ahead in every partition a reader holds
                 rows = ((row, (epoch, d, o)) for row, d, o in
-                        self._epoch_rows(stream, epoch, doc, offset, documents(epoch), buffer, tokenize))
+                        self._epoch_rows(stream, epoch, doc, offset, pairs, buffer, tokenize))
             for row, position in rows:
                 produced += 1
                 yield row, position
             if fresh and produced == 0:  # an empty epoch would repeat forever (or end every pass at once)
-                raise self._no_documents(stream, n_streams)
+                emptied = emptied + 1 if read[0] and self.long_docs is not None else MAX_EMPTIED_EPOCHS
+                if emptied >= MAX_EMPTIED_EPOCHS:
+                    raise self._no_documents(stream, n_streams, emptied if read[0] else 0)
+            else:
+                emptied = 0
             self._log_epoch(stream, n_streams, epoch)
             epoch, doc, offset = epoch + 1, 0, 0
             if not self.repeat:
@@ -425,6 +450,11 @@ class PackedDataset(IterableDataset):
                     del demuxes[old]  # every partition of this reader is past that epoch
                 if epoch not in demuxes:
                     demuxes[epoch] = EpochDemux(self._documents(selection), parts, owned)
+                    if len(demuxes) == DRIFT_WARNING_EPOCHS:
+                        log.warning("data.partitions=%d: this reader's partitions are %d epochs apart (they get "
+                                    "equal micro-batches but hold unequal tokens), and it holds the documents "
+                                    "read ahead for each; on a corpus this small use fewer data.partitions",
+                                    parts, len(demuxes))
                 return demuxes[epoch].documents(part)
             return of_epoch
 

@@ -91,7 +91,9 @@ def merge_positions(states: list[dict[str, Any]]) -> tuple[dict[int, Position], 
 class EpochDemux:
     """One read of a reader's documents for one epoch, dealt to its partitions by ``index % partitions``: the
     source is read once however many partitions the reader holds. A partition that runs ahead takes from the
-    source; the others' documents wait in their queues (as many as the partitions drift apart)."""
+    source; the others' documents wait in their queues. Partitions drift apart by their token counts (each
+    gets 1/P of the micro-batches), and a reader keeps one demux per epoch between its slowest and fastest
+    partition: on a small or unevenly split corpus repeated for many epochs that grows (a warning says so)."""
 
     def __init__(self, records: Iterator[tuple[int, str]], partitions: int, owned: list[int]) -> None:
         self.records = records

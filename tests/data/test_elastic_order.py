@@ -257,3 +257,42 @@ def test_the_dataset_refuses_what_the_config_check_refuses(tokenizer, kw, match)
     with pytest.raises((ConfigError, ValueError), match=match) as err:
         PackedDataset(TextListSource([]), tokenizer, **kw)
     assert "\n" not in str(err.value)
+
+
+def _subsampled(tmp_path, tokenizer, share: float) -> PackedDataModule:
+    path = write_jsonl(tmp_path / "docs.jsonl", make_docs(80, seed=1, long_every=8))  # the long ones: partition 3
+    dm = PackedDataModule(tokenizer, source={"kind": "files", "files": [str(path)]}, seq_len=32, batch_size=2,
+                          shuffle_buffer=16, seed=3, num_workers=0, val_documents=0, partitions=8,
+                          long_docs={"min_tokens": 60, "target_share": share, "mode": "subsample",
+                                     "sample_documents": 80})
+    dm.setup("fit")
+    return dm
+
+
+def test_an_epoch_that_long_docs_subsampling_empties_is_skipped_not_an_error(tmp_path, tokenizer):
+    """Subsampling drops short documents at random per (seed, epoch, document), so a small partition can lose
+    all of them in one epoch; that partition goes on to its next epoch (found by review: it raised "has no
+    documents" after one micro-batch)."""
+    dm = _subsampled(tmp_path, tokenizer, 0.9)
+    batches = list(itertools.islice(iter(dm.train_dataloader()), 400))
+    assert len(batches) == 400
+    dropped = dm.train_dataset.upsampled["short_docs_dropped"]
+    assert dropped > 0, "the plan must have dropped documents for this test to mean anything"
+
+
+def test_a_plan_that_keeps_nothing_epoch_after_epoch_is_one_line_not_a_loop(tmp_path, tokenizer):
+    dm = _subsampled(tmp_path, tokenizer, 0.99999)
+    with pytest.raises(DataError, match=r"dropped every document of partition 0 of data\.partitions=8 in 100 epochs"):
+        list(itertools.islice(iter(dm.train_dataloader()), 400))
+
+
+def test_partitions_that_drift_many_epochs_apart_say_so(tmp_path, tokenizer, caplog):
+    """All long documents in one partition of 8: it goes through its epochs far slower than the others, and
+    the reader keeps the documents read ahead for every epoch between them (found by review)."""
+    path = write_jsonl(tmp_path / "docs.jsonl", make_docs(80, seed=1, long_every=8))
+    dm = PackedDataModule(tokenizer, source={"kind": "files", "files": [str(path)]}, seq_len=32, batch_size=2,
+                          shuffle_buffer=16, seed=3, num_workers=0, val_documents=0, partitions=8)
+    dm.setup("fit")
+    with caplog.at_level("WARNING", logger="kiwi.data.packed_dataset"):
+        list(itertools.islice(iter(dm.train_dataloader()), 300))
+    assert any("partitions are 8 epochs apart" in r.getMessage() for r in caplog.records)

@@ -117,3 +117,17 @@ def test_sigterm_then_resume_on_the_other_layout_continues_the_uninterrupted_run
     assert sorted(got) == sorted(ref)
     for s in ref:
         assert got[s] == pytest.approx(ref[s], rel=1e-6), f"step {s}"
+
+
+def test_kill_9_between_checkpoints_resumes_from_the_last_one_on_another_layout(runs):
+    """SIGKILL leaves no checkpoint of its own: the run goes on from its last periodic one (step 4), on the
+    other layout, with the uninterrupted run's micro-batches from there (an adversarial review's scenario)."""
+    part, rest = runs["root"] / "kill9-part", runs["root"] / "kill9-then-1x2"
+    every = ["callbacks.model_checkpoint.every_n_train_steps=4"]
+    proc = _train(part, runs["corpus"], "2x1", *every, "+callbacks.kill._target_=tests.train.callbacks_for_tests."
+                  "SignalAtStep", "+callbacks.kill.step=6", "+callbacks.kill.signum=9", check=False)
+    assert proc.returncode != 0 and not (part / "checkpoints" / "interrupted.ckpt").exists()
+    ckpt = part / "checkpoints" / "step0000004.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4
+    _train(rest, runs["corpus"], "1x2", *every, f"ckpt_path='{ckpt}'")
+    assert _micro_batches(rest, "1x2") == _micro_batches(runs["1x0"], "1x0")[4 * 2:]
