@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kiwi.study.design import DESIGNS, Sweep
+
 ROOT = Path(__file__).resolve().parents[2]
 WIKIPEDIA = ROOT.parent / "shared" / "data" / "wikipedia-en-2015"
-# Every setting of conf/study/: the two controls, every strategy variant and every lever.
-VARIANTS = ",".join(sorted((p.stem for p in (ROOT / "conf" / "study").glob("*.yaml")),
-                           key=lambda name: (not name.startswith("control"), name)))
-REGIMES = (64, 8192)  # base tokens per parameter: under-trained, and the most over-trained the CPU budget allows
+
 
 
 def resolve_corpus(corpus: str) -> tuple[str, str]:
@@ -143,24 +142,49 @@ def sweep_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
 
 
+def continuation_tokens(profile: str, overrides: list[str]) -> int:
+    """The profile's continuation budget (budget.total_tokens of step 2) with the study's overrides."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={profile}", *overrides])
+    return int(cfg.budget.total_tokens)
+
+
 def study_tasks(profile: str, regimes: list[str], seeds: int | list[int], variants: str, data: list[str],
-                overrides: list[str], stamp: str | None = None) -> tuple[list[Task], list[str]]:
+                overrides: list[str], stamp: str | None = None, top: tuple[Sweep, ...] = ()
+                ) -> tuple[list[Task], dict[str | None, list[str]]]:
     """Per regime the base, then one multirun of every variant per seed (seeds run in parallel when
-    workers allow); the most trained base first, as it takes longest. Every sweep goes into
-    ``logs/<profile>/<stamp>/`` (default: a fresh ``sweep_stamp``). Returns (tasks, sweep directories)."""
+    workers allow); the most trained base first, as it takes longest, and the ``top`` sweeps (a lever
+    search) at that regime after its own. Every sweep goes into ``logs/<profile>/<stamp>/`` (default: a fresh
+    ``sweep_stamp``). Returns (tasks, sweep directories per gather: None is the main one)."""
     stamp = stamp or sweep_stamp()
     py = [sys.executable, "train.py"]
-    tasks, sweeps = [], []
-    for tpp in sorted(regimes, key=float, reverse=True):
+    tasks, sweeps = [], {None: []}
+    seed_list = list(range(1, seeds + 1)) if isinstance(seeds, int) else seeds
+    ordered = sorted(regimes, key=float, reverse=True)
+    for tpp in ordered:
         regime = [f"study.base_tokens_per_param={tpp}", *data, *overrides]
         base = f"base-tpp{tpp}"
         tasks.append(Task(base, [*py, f"experiment={profile}_base", *regime,
                                  *base_val_every(profile, float(tpp), regime)]))
-        for seed in range(1, seeds + 1) if isinstance(seeds, int) else seeds:
+        for seed in seed_list:
             sweep = f"logs/{profile}/{stamp}/tpp{tpp}/seed{seed}"
             tasks.append(Task(f"tpp{tpp}-seed{seed}", [*py, "-m", f"experiment={profile}", *regime, f"seed={seed}",
                                                          f"+study={variants}", f"hydra.sweep.dir={sweep}"], after=base))
-            sweeps.append(sweep)
+            sweeps[None].append(sweep)
+        if tpp != ordered[0]:
+            continue
+        for extra in top:
+            budget = ([f"budget.total_tokens={round(extra.budget * continuation_tokens(profile, regime))}"]
+                      if extra.budget is not None else [])
+            for seed in seed_list:
+                sweep = f"logs/{profile}/{stamp}/tpp{tpp}/{extra.name}/seed{seed}"
+                tasks.append(Task(f"tpp{tpp}-{extra.name}-seed{seed}",
+                                  [*py, "-m", f"experiment={profile}", *regime, f"seed={seed}",
+                                   f"+study={','.join(extra.variants)}", *extra.overrides, *budget,
+                                   f"hydra.sweep.dir={sweep}"], after=base))
+                sweeps.setdefault(extra.gather, []).append(sweep)
     return tasks, sweeps
 
 
@@ -216,20 +240,27 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--regimes: expected comma-separated tokens-per-parameter numbers, got {args.regimes!r}")
     if min(regimes) <= 0 or len(set(regimes)) != len(regimes):
         parser.error(f"--regimes: expected distinct positive numbers, got {args.regimes!r}")
-    variants = args.variants.split(",")
+    check_variants(parser, args.variants.split(","), "--variants")
+
+
+def check_variants(parser: argparse.ArgumentParser, variants, what: str) -> None:
     known = sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml"))
     if unknown := [v for v in variants if v not in known]:
-        parser.error(f"--variants: unknown {unknown}; conf/study/ has {known}")
+        parser.error(f"{what}: unknown {unknown}; conf/study/ has {known}")
     if len(set(variants)) != len(variants):
-        parser.error(f"--variants: a variant is repeated in {args.variants!r}")
+        parser.error(f"{what}: a variant is repeated in {','.join(variants)!r}")
 
 
 def main(argv: list[str] | None = None) -> float:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="study_cpu", help="experiment pair <profile>_base / <profile>")
-    p.add_argument("--regimes", default=",".join(map(str, REGIMES)), help="base tokens per parameter")
-    p.add_argument("--seeds", default="3", help="a count (3: seeds 1..3) or a list (1,2); at least 2")
-    p.add_argument("--variants", default=VARIANTS)
+    p.add_argument("--design", default="v2", choices=sorted(DESIGNS),
+                   help="a named design (kiwi.study.design): its regimes, seeds, settings and lever search "
+                        "(default v2, docs/study); --regimes/--seeds/--variants given here win")
+    p.add_argument("--regimes", default=None, help="base tokens per parameter, comma-separated (default: the design's)")
+    p.add_argument("--seeds", default=None, help="a count (3: seeds 1..3) or a list (1,2); at least 2 (default: the "
+                   "design's)")
+    p.add_argument("--variants", default=None, help="settings of conf/study/, comma-separated (default: the design's)")
     p.add_argument("--corpus", default="auto", help="auto | wikipedia | docstrings")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="train.py processes at once (each gets cpus / workers threads)")
@@ -239,25 +270,40 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("overrides", nargs="*", help="extra train.py overrides for both steps")
     args = p.parse_args(argv)
+    design = DESIGNS[args.design]
+    args.regimes = ",".join(f"{r:g}" for r in design.regimes) if args.regimes is None else args.regimes
+    args.seeds = str(design.seeds) if args.seeds is None else args.seeds
+    args.variants = ",".join(design.variants) if args.variants is None else args.variants
     check_arguments(p, args)
+    for extra in design.top:
+        check_variants(p, extra.variants, f"--design {args.design} ({extra.name})")
     out = resolve_out(args.out)
     corpus, corpus_line = resolve_corpus(args.corpus)
     print(f"kiwi.study.run: {corpus_line}; results in {out}", flush=True)
     stamp = sweep_stamp()
     tasks, sweeps = study_tasks(args.profile, args.regimes.split(","), args.seeds, args.variants,
-                                data_overrides(corpus), args.overrides, stamp)
+                                data_overrides(corpus), args.overrides, stamp, design.top)
     start = time.perf_counter()
     walls = run_tasks(tasks, args.workers, ROOT / "logs" / args.profile / stamp / "study_run", args.dry_run)
     wall = time.perf_counter() - start
-    gather_cmd = [sys.executable, "-m", "kiwi.study.gather", *sweeps, "--out", str(out), "--wandb", args.wandb]
-    print("$", " ".join(gather_cmd), flush=True)
+    outs = {name: out if name is None else out / name for name in sweeps}
+    for name, dirs in sweeps.items():
+        gather_cmd = [sys.executable, "-m", "kiwi.study.gather", *dirs, "--out", str(outs[name]), "--wandb",
+                      args.wandb]
+        print("$", " ".join(gather_cmd), flush=True)
+        if not args.dry_run:
+            subprocess.run(gather_cmd, cwd=ROOT, check=True)
+            with (outs[name] / "results.md").open("a") as fh:
+                fh.write(f"\nStudy data: {corpus_line}.\n")
     if not args.dry_run:
-        subprocess.run(gather_cmd, cwd=ROOT, check=True)
-        with (out / "results.md").open("a") as fh:
-            fh.write(f"\nStudy data: {corpus_line}.\n")
+        if design.top:
+            from kiwi.study.lever_search import write_lever_search
+
+            top = f"{max(float(r) for r in args.regimes.split(',')):g} tokens/param"
+            write_lever_search(outs, top, out / "lever_search.md")
         (out / "wall_time.json").write_text(json.dumps(
             {"study_wall_s": round(wall, 1), "regimes": args.regimes, "seeds": args.seeds, "corpus": corpus,
-             "variants": args.variants,
+             "variants": args.variants, "design": args.design,
              "workers": args.workers, "cpus": os.cpu_count(), "task_wall_s": walls,
              "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}, indent=2) + "\n")
         print(f"kiwi.study.run: whole study (bases + jobs) {wall / 60:.1f} min wall on {args.workers} workers")

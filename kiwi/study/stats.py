@@ -61,12 +61,17 @@ def paired_diff(variant: Mapping[int, float], control: Mapping[int, float]) -> P
     seeds = tuple(sorted(set(variant) & set(control)))
     if not seeds:
         return None
-    diffs = [100.0 * (variant[s] / control[s] - 1.0) for s in seeds]
-    s = summarize(diffs)
+    s, low, high = t_interval([100.0 * (variant[s] / control[s] - 1.0) for s in seeds])
+    return PairedDiff(s.n, s.mean, s.std, low, high, seeds)
+
+
+def t_interval(values: Sequence[float]) -> tuple[Summary, float | None, float | None]:
+    """(summary, low, high): mean ± t_{0.975, n-1} sd / sqrt(n); no interval (None, None) for one value."""
+    s = summarize(values)
     if s.n < 2:
-        return PairedDiff(s.n, s.mean, None, None, None, seeds)
+        return s, None, None
     half = t975(s.n - 1) * s.std / math.sqrt(s.n)
-    return PairedDiff(s.n, s.mean, s.std, s.mean - half, s.mean + half, seeds)
+    return s, s.mean - half, s.mean + half
 
 
 def last_doubling_improvement(curve: Sequence[tuple[int, float]]) -> tuple[int, float, float] | None:

@@ -56,7 +56,7 @@ def tiny_sweep(kiwi_cache, tiny_base_dir, tmp_path_factory) -> Path:
 
 
 V2_VARIANTS = ("control_tokens,control_flops,interleave_id,interleave_id_2phase,interleave_id_lrcopy,"
-               "interleave_id_distill,interleave_id_grow2,interleave_id_norewarm")
+               "interleave_id_distill,interleave_id_grow2,interleave_id_norewarm,interleave_id_lrcopy_distill")
 V2_SEEDS = "1,2"
 
 

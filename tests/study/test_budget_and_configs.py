@@ -23,6 +23,7 @@ VARIANTS = {  # conf/study/<name>.yaml -> (strategy, identity_init, trainable)
     "interleave_id_2phase": ("interleave", True, "all"), "interleave_id_lrcopy": ("interleave", True, "all"),
     "interleave_id_distill": ("interleave", True, "all"), "interleave_id_grow2": ("interleave", True, "all"),
     "interleave_id_norewarm": ("interleave", True, "all"),
+    "interleave_id_lrcopy_distill": ("interleave", True, "all"),
 }
 
 
@@ -112,13 +113,14 @@ def test_tokens_per_param_budget_counts_every_parameter_once():
             tokens_per_param_budget(bad, model)
 
 
-@pytest.mark.parametrize("profile", ["study_cpu", "study_gpu"])
+@pytest.mark.parametrize("profile", ["study_cpu", "study_gpu", "study_cpu_v3", "study_gpu_v3"])
 def test_study_steps_share_sizes_data_and_held_out_set(profile, kiwi_cache):
     base = compose("train", [f"experiment={profile}_base", "study.base_tokens_per_param=32"])
     dus = compose("train", [f"experiment={profile}", "study.base_tokens_per_param=32", "+study=interleave_id",
                             "seed=7"])
-    for key in ("source", "seq_len", "batch_size", "val_documents", "val_tokens", "text_field"):
+    for key in ("source", "seq_len", "batch_size", "val_documents", "val_tokens", "text_field", "partitions"):
         assert base.data[key] == dus.data[key], key
+    assert base.data.partitions == (64 if profile.endswith("_v3") else None)  # v3: the elastic order
     assert base.export_dir == dus.model.base == dus.study.base_dir and dus.model.base.endswith("/tpp32")
     assert base.budget.tokens_per_param == 32 and base.budget.total_tokens is None
     assert dus.budget.tokens_per_param is None and dus.data.seed == 7  # the seed sets the data order

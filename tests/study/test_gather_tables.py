@@ -17,9 +17,10 @@ from kiwi.study.table import summary_rows
 
 def _job(root: Path, num: int, strategy: str, identity: bool, lr: float, before: float, after: float,
          tokens: int = 4096, trainable: str = "all", match_flops: int | None = None, seed: int = 1,
-         norewarm: bool = False, budget_tokens: int | None = None) -> None:
+         norewarm: bool = False, budget_tokens: int | None = None, extra: dict | None = None) -> None:
     """One finished job; ``budget_tokens`` is its config's budget.total_tokens when it trains on other
-    ``tokens`` (the equal-FLOPs control trains on more tokens than the budget it matches)."""
+    ``tokens`` (the equal-FLOPs control trains on more tokens than the budget it matches); ``extra`` is
+    merged into its config (e.g. the regime: study.base_tokens_per_param and model.base)."""
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
     cfg = {"seed": seed, "optimizer": {"lr": lr},
@@ -28,6 +29,8 @@ def _job(root: Path, num: int, strategy: str, identity: bool, lr: float, before:
            "logger": {"wandb": {"group": "g", "project": "p"}}}
     if norewarm:  # the no-re-warming lever: a constant lr without warmup
         cfg["scheduler"], cfg["budget"]["warmup_fraction"] = {"_target_": "kiwi.train.schedule.warmup_constant"}, 0.0
+    if extra:
+        cfg = OmegaConf.to_container(OmegaConf.merge(cfg, extra))
     (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     curve = [{"step": 0, "tokens": 0, "ppl": before}, {"step": tokens // 1024, "tokens": tokens, "ppl": after}]
     (d / "perplexity_report.json").write_text(json.dumps({
@@ -251,7 +254,7 @@ def test_only_no_rewarming_pairs_across_lrs(tmp_path):
         _job(root, 10 * seed + 1, "interleave", True, 1e-3, 100.0, 80.0 + seed, seed=seed)
         cfg = yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
         cfg["module"] = {"distill": {"alpha": 0.5}}
-        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = {r["variant"]: r for r in summary_rows(load_jobs(root)[0])}
     assert rows["interleave_id_distill"]["vs_tokens_ctrl"] == "n/a"
 

@@ -261,3 +261,4 @@ def test_a_joined_layer_stays_joined_when_a_resume_raises_max_steps(grown, tmp_p
     assert all(not torch.equal(resumed_late[n], first[n]) for n in ("mlp.gate_proj.weight", "self_attn.q_proj.weight"))
     flops = grow.training_flops(_cfg(5), plan, 20, 20, 128, 64)
     assert flops == pytest.approx(training_flops(_cfg(4), 2 * 128, 64) + training_flops(_cfg(5), 18 * 128, 64))
+

@@ -58,7 +58,7 @@ def test_the_plan_is_one_base_then_one_multirun_per_seed_most_trained_first(caps
     assert "seed=2" in seed2 and "+study=control_tokens,interleave_id" in seed2
     assert "trainer.log_every_n_steps=1" in seed2
     sweep2 = "logs/study_cpu/20261206-120000-000000/tpp512/seed2"  # this run's own folder, never an earlier run's
-    assert f"hydra.sweep.dir={sweep2}" in seed2 and sweeps[1] == sweep2
+    assert f"hydra.sweep.dir={sweep2}" in seed2 and sweeps[None][1] == sweep2
     main(["--dry-run", "--regimes", "4,8", "--seeds", "2", "--corpus", "docstrings"])
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
     assert len(printed) == 2 * 3 + 1 and printed[-1].startswith(f"$ {sys.executable} -m kiwi.study.gather")
@@ -153,3 +153,52 @@ def test_the_default_out_is_a_new_ignored_folder_and_the_corpus_is_named(capsys)
     explicit = _dry(capsys, "--seeds", "2", "--corpus", "docstrings", "--out", "docs/study")
     assert "corpus: docstrings (--corpus docstrings); results in " in explicit[0]
     assert explicit[0].endswith(str(ROOT / "docs" / "study")) or "docs/study" in explicit[-1]
+
+
+def _train_commands(capsys, *args: str) -> list[list[str]]:
+    main(["--dry-run", "--corpus", "docstrings", *args])
+    printed = [line[2:].split() for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    return [cmd[2:] for cmd in printed if cmd[1] == "train.py"]
+
+
+def test_the_v3_design_plans_every_regime_setting_seed_and_the_lever_search(capsys):
+    from kiwi.study.design import DESIGNS
+
+    v3 = DESIGNS["v3"]
+    cmds = _train_commands(capsys, "--profile", "study_cpu_v3", "--design", "v3")
+    bases = [c for c in cmds if "-m" not in c]
+    assert sorted(float(c[1].split("=")[1]) for c in bases) == sorted(v3.regimes)
+    sweeps = [c for c in cmds if "-m" in c]
+    core = [c for c in sweeps if f"+study={','.join(v3.variants)}" in c]
+    assert len(core) == len(v3.regimes) * v3.seeds == 40
+    top = [c for c in sweeps if c not in core]
+    assert len(top) == len(v3.top) * v3.seeds and all("study.base_tokens_per_param=8192" in c for c in top)
+    budgets = sorted({a for c in top for a in c if a.startswith("budget.total_tokens=")})
+    assert budgets == ["budget.total_tokens=1310720", "budget.total_tokens=327680"]  # 2x and 0.5x of 655,360
+    assert any("optimizer.copied_lr_scale=0.03,0.3" in c for c in top)
+    assert any("module.distill.alpha=0.25,0.75" in c for c in top)
+
+
+def test_the_gpu_v3_dry_run_composes_every_command_it_plans(capsys):
+    """Every train.py command of ``--profile study_gpu_v3 --design v3`` composes (one seed; a swept value
+    as each of its values): what runs on a lent GPU is checked here first."""
+    from hydra import compose, initialize_config_dir
+
+    cmds = _train_commands(capsys, "--profile", "study_gpu_v3", "--design", "v3", "--seeds", "2")
+    assert len(cmds) == 5 + 5 * 2 + 4 * 2
+    checked = 0
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        for cmd in cmds:
+            args = [a for a in cmd if a != "-m" and not a.startswith(("hydra.", "seed="))]
+            if any(a.startswith("seed=") and a != "seed=1" for a in cmd):
+                continue
+            swept = [(i, a.split("=", 1)) for i, a in enumerate(args) if "," in a.split("=", 1)[1]
+                     and not a.startswith("data.source.files")]
+            combos = [args]
+            for i, (key, values) in swept:
+                combos = [[*c[:i], f"{key}={v}", *c[i + 1:]] for c in combos for v in values.split(",")]
+            for overrides in combos:
+                cfg = compose("train", overrides=overrides)
+                assert cfg.trainer.accelerator == "gpu" and cfg.data.partitions == 64
+                checked += 1
+    assert checked == 5 + 5 * 7 + 2 + 2 + 3 + 3

@@ -66,6 +66,10 @@ def test_flops_of_each_lever_and_of_the_controls(v2_sweep, v2_base_dir):
         assert abs(distill.train_flops - plain.train_flops) <= step_flops
         assert distill.train_flops - distill.teacher_flops == pytest.approx(
             plain.train_flops * distill.tokens / plain.tokens)
+        # both levers at once: the copied-layer lr costs nothing, so it is the distillation run's work
+        both = jobs[("interleave_id_lrcopy_distill", seed)]
+        assert (both.tokens, both.train_flops, both.teacher_flops) == (
+            distill.tokens, distill.train_flops, distill.teacher_flops)
         # grown in two steps: 3 layers for the first half of the steps, 4 after
         grow = jobs[("interleave_id_grow2", seed)]
         three = AutoConfig.from_pretrained(v2_base_dir, num_hidden_layers=3)
@@ -78,8 +82,9 @@ def test_flops_of_each_lever_and_of_the_controls(v2_sweep, v2_base_dir):
         assert ctrl_f.train_flops >= plain.train_flops > ctrl_f.train_flops * ctrl_t.tokens / ctrl_f.tokens
 
 
-def test_copied_lr_reaches_the_optimizer(v2_sweep):
-    job = _by(v2_sweep)[("interleave_id_lrcopy", 1)]
+@pytest.mark.parametrize("variant", ["interleave_id_lrcopy", "interleave_id_lrcopy_distill"])
+def test_copied_lr_reaches_the_optimizer(v2_sweep, variant):
+    job = _by(v2_sweep)[(variant, 1)]
     state = torch.load(job.path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     lrs = sorted({g["initial_lr"] for g in state["optimizer_states"][0]["param_groups"]})
     assert lrs == [pytest.approx(job.lr * 0.1), pytest.approx(job.lr)]
@@ -87,7 +92,7 @@ def test_copied_lr_reaches_the_optimizer(v2_sweep):
 
 def test_gather_two_seeds_report(v2_sweep, tmp_path):
     g = gather([v2_sweep], tmp_path / "study")
-    assert not g.incomplete and len(g.jobs) == 16
+    assert not g.incomplete and len(g.jobs) == 18
     (regime,) = g.bases
     assert regime == "0.05 tokens/param"
     base = g.bases[regime]
@@ -96,7 +101,7 @@ def test_gather_two_seeds_report(v2_sweep, tmp_path):
     rows = {r["variant"]: r for r in g.summary}
     assert set(rows) == {"control_tokens", "control_flops", "interleave_id", "interleave_id_2phase",
                          "interleave_id_lrcopy", "interleave_id_distill", "interleave_id_grow2",
-                         "interleave_id_norewarm"}
+                         "interleave_id_norewarm", "interleave_id_lrcopy_distill"}
     jobs = _by(v2_sweep)
     for variant, row in rows.items():
         assert row["seeds"] == 2

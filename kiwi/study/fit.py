@@ -1,0 +1,209 @@
+"""The DUS benefit as a function of how trained the base is (study v3): fits over regimes, and a bootstrap
+over seeds for their uncertainty.
+
+Two forms, both fitted by least squares with numpy alone:
+
+- **log-linear benefit**, ``benefit(x) = a + b ln x`` with ``x`` the base's tokens/parameter. Two
+  parameters, so it can be fitted to five regimes without over-fitting; its zero is the crossover
+  ``x* = exp(-a / b)`` (defined when ``b < 0``: the benefit shrinks as the base trains longer).
+- **Liew & Kato (2025) at one continuation budget.** Their grown-model loss
+  ``L = A D1^(-a1) D2^(-a2 + a3 ln D1) + E`` is, at a fixed D2, ``E + C D1^(-beta)`` with
+  ``C = A D2^(-a2)`` and ``beta = a1 - a3 ln D2``: a power law with a floor in the base's tokens. Fitted to
+  each arm (the up-scaled variant, the equal-FLOPs control), the crossover is where the two curves meet.
+  Three parameters per arm from five regimes is a tight fit; ``chi2_dof`` says whether it fits.
+
+The bootstrap resamples seeds within each regime, the same seeds for a variant and its control (the pair
+shares its data order), and refits: percentile intervals, with the share of resamples that have no
+crossover at all reported rather than dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# (regime tokens/param) -> {seed: value}: what a fit over regimes is fitted to, per seed so it can resample.
+Points = Mapping[float, Mapping[int, float]]
+
+
+@dataclass(frozen=True)
+class LogLinear:
+    """``y = a + b ln x``."""
+
+    a: float
+    b: float
+
+    def __call__(self, x: float | np.ndarray) -> float | np.ndarray:
+        return self.a + self.b * np.log(x)
+
+    @property
+    def crossover(self) -> float | None:
+        """The ``x`` where ``y`` falls to zero, or None when it never does as ``x`` grows (``b >= 0``)."""
+        if self.b >= 0:
+            return None
+        value = -self.a / self.b
+        return math.exp(value) if value < 700 else math.inf
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """``y = E + C x^(-beta)``: Liew & Kato's loss at one continuation budget, as a function of the base's
+    tokens (any unit: tokens/parameter here)."""
+
+    E: float
+    C: float
+    beta: float
+
+    def __call__(self, x: float | np.ndarray) -> float | np.ndarray:
+        return self.E + self.C * np.power(x, -self.beta)
+
+
+def _weights(sigma: Sequence[float] | None, n: int) -> np.ndarray:
+    if sigma is None:
+        return np.ones(n)
+    sigma = np.asarray(sigma, dtype=float)
+    if np.any(~np.isfinite(sigma)) or np.any(sigma <= 0):
+        raise ValueError(f"fit: every sigma must be positive and finite, got {sigma.tolist()}")
+    return 1.0 / sigma**2
+
+
+def _xy(x: Sequence[float], y: Sequence[float], need: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"fit: x and y must be two lists of one length, got {x.shape} and {y.shape}")
+    if np.any(~np.isfinite(x)) or np.any(x <= 0) or np.any(~np.isfinite(y)):
+        raise ValueError(f"fit: x must be positive and every value finite, got x={x.tolist()} y={y.tolist()}")
+    if len(np.unique(x)) < need:
+        raise ValueError(f"fit: needs at least {need} distinct x values, got {len(np.unique(x))}")
+    return x, y
+
+
+def fit_log_linear(x: Sequence[float], y: Sequence[float], sigma: Sequence[float] | None = None) -> LogLinear:
+    """Weighted least squares of ``y = a + b ln x`` (weights 1 / sigma^2)."""
+    x, y = _xy(x, y, 2)
+    w = _weights(sigma, len(x))
+    design = np.stack([np.ones_like(x), np.log(x)], axis=1)
+    a, b = np.linalg.lstsq(design * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)[0]
+    return LogLinear(float(a), float(b))
+
+
+def _power_at(betas: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray):
+    """(E, C, weighted squared error) of the best floor and scale at each exponent in ``betas``: E and C
+    are linear at a given exponent, so each is a 2 x 2 weighted normal-equation solve, all at once."""
+    z = np.power(x[None, :], -betas[:, None])                      # (betas, points)
+    sw, sz, szz = w.sum(), (w * z).sum(1), (w * z * z).sum(1)
+    sy, szy = (w * y).sum(), (w * z * y).sum(1)
+    det = sw * szz - sz * sz
+    safe = np.where(np.abs(det) > 1e-300, det, np.inf)
+    c = (sw * szy - sz * sy) / safe
+    e = (sy - c * sz) / sw
+    err = (w * (y[None, :] - e[:, None] - c[:, None] * z) ** 2).sum(1)
+    return e, c, err
+
+
+def fit_power_law(x: Sequence[float], y: Sequence[float], sigma: Sequence[float] | None = None,
+                  betas: tuple[float, float] = (1e-3, 3.0)) -> PowerLaw:
+    """Weighted least squares of ``y = E + C x^(-beta)``: the fit profiles beta (E and C solved exactly at
+    each) over a log grid in ``betas``, then over finer grids around the best point."""
+    x, y = _xy(x, y, 3)
+    w = _weights(sigma, len(x))
+    lo, hi = math.log(betas[0]), math.log(betas[1])
+    for _ in range(4):  # each round narrows the bracket 50-fold: ~1e-7 relative in beta at the end
+        grid = np.exp(np.linspace(lo, hi, 201))
+        i = int(np.argmin(_power_at(grid, x, y, w)[2]))
+        lo, hi = math.log(grid[max(0, i - 2)]), math.log(grid[min(len(grid) - 1, i + 2)])
+    beta = grid[i]
+    e, c, _ = _power_at(np.asarray([beta]), x, y, w)
+    return PowerLaw(float(e[0]), float(c[0]), float(beta))
+
+
+def chi2_dof(model: Callable, x: Sequence[float], y: Sequence[float], sigma: Sequence[float], n_params: int) -> float:
+    """Sum of squared residuals in units of each point's standard error, per degree of freedom: near 1
+    when the form fits to within the seeds' noise, much more when it does not; nan without a dof."""
+    x, y, sigma = (np.asarray(v, dtype=float) for v in (x, y, sigma))
+    dof = len(x) - n_params
+    return float(np.sum(((y - model(x)) / sigma) ** 2) / dof) if dof > 0 else math.nan
+
+
+def power_crossover(variant: PowerLaw, control: PowerLaw, lo: float, hi: float) -> float | None:
+    """The smallest ``x`` in [lo, hi] (log grid, then bisection) past which the variant's loss is no longer
+    below the control's, or None when it stays below (or above) over the whole range."""
+    grid = np.geomspace(lo, hi, 4000)
+    gap = control(grid) - variant(grid)  # > 0: the variant is better
+    if gap[0] <= 0:
+        return None
+    sign_change = np.nonzero(gap <= 0)[0]
+    if not len(sign_change):
+        return None
+    j = int(sign_change[0])
+    a, b = math.log(grid[j - 1]), math.log(grid[j])
+    for _ in range(60):
+        mid = (a + b) / 2
+        a, b = (mid, b) if control(math.exp(mid)) - variant(math.exp(mid)) > 0 else (a, mid)
+    return math.exp((a + b) / 2)
+
+
+def mean_and_se(points: Points) -> tuple[list[float], list[float], list[float]]:
+    """(x, mean over seeds, standard error of that mean) per regime, in increasing x."""
+    xs, means, ses = [], [], []
+    for x in sorted(points):
+        values = np.asarray(list(points[x].values()), dtype=float)
+        if len(values) < 2:
+            raise ValueError(f"fit: the regime at {x:g} tokens/param has {len(values)} seed; a standard error "
+                             "needs at least 2")
+        xs.append(float(x))
+        means.append(float(values.mean()))
+        ses.append(float(values.std(ddof=1) / math.sqrt(len(values))))
+    return xs, means, ses
+
+
+def resample(rng: np.random.Generator, points: Points) -> dict[float, dict[int, int]]:
+    """Seeds drawn with replacement within each regime: {x: {draw index: seed}} (one draw for all arms)."""
+    out = {}
+    for x, by_seed in points.items():
+        seeds = sorted(by_seed)
+        out[x] = {i: seeds[k] for i, k in enumerate(rng.integers(0, len(seeds), len(seeds)))}
+    return out
+
+
+def take(points: Points, draw: Mapping[float, Mapping[int, int]]) -> dict[float, dict[int, float]]:
+    return {x: {i: points[x][seed] for i, seed in draw[x].items()} for x in draw}
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float | None
+    low: float | None
+    high: float | None
+    undefined: float = 0.0  # share of bootstrap resamples in which the quantity does not exist
+
+    def __str__(self) -> str:
+        if self.estimate is None:
+            return "none"
+        return f"{self.estimate:.4g} [{_g(self.low)}, {_g(self.high)}]"
+
+
+def _g(value: float | None) -> str:
+    return "none" if value is None else ("inf" if value == math.inf else f"{value:.4g}")
+
+
+def percentile_interval(estimate: float | None, draws: Sequence[float | None], level: float = 0.95,
+                        open_high: bool = False) -> Interval:
+    """Percentile interval of bootstrap ``draws``. A draw of None (e.g. no crossover) counts as +inf when
+    ``open_high`` (a crossover that never comes is past any finite one), else the draws are too unstable to
+    bound and the interval is None where it would need them."""
+    n = len(draws)
+    missing = sum(d is None for d in draws)
+    values = sorted(math.inf if d is None else float(d) for d in draws) if open_high else \
+        sorted(float(d) for d in draws if d is not None)
+    if not values:
+        return Interval(estimate, None, None, missing / n if n else 0.0)
+    tail = (1 - level) / 2
+    if not open_high and missing / n > tail:
+        return Interval(estimate, None, None, missing / n)
+    low = values[math.floor(tail * (len(values) - 1))]
+    high = values[math.ceil((1 - tail) * (len(values) - 1))]
+    return Interval(estimate, low, high, missing / n)

@@ -1,0 +1,282 @@
+"""Across regimes (study v3): the equal-FLOPs benefit of each up-scaled setting as a function of the base's
+tokens/parameter, fitted (kiwi.study.fit) with a bootstrap over seeds, its crossover, and the
+extrapolation to Qwen2.5-0.5B's regime.
+
+The benefit of a setting in one regime and seed is against the equal-FLOPs control of that regime and seed
+(the pair shares its data order): ``100 (1 - ppl / ppl_control)`` in % (positive = up-scaling helps) and
+``ln ppl_control - ln ppl`` in nats of held-out loss. A setting is fitted only when it ran in at least 3
+regimes and no seed of it, or of its control, diverged there (a fit over the survivors would hide it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kiwi import tables
+from kiwi.plotting import pyplot, save_figure
+from kiwi.study import fit
+from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
+from kiwi.study.stats import t_interval
+from kiwi.study.table import control_lr, diverged, groups
+
+QWEN_TOKENS_PER_PARAM = 36_000  # Qwen2.5-0.5B: ~18T tokens over ~0.5B parameters (the regime Kiwi grows)
+UNITS = {"pct": "% of held-out ppl", "nats": "nats of held-out loss"}
+MIN_REGIMES = 3
+
+
+def benefit(variant_ppl: float, control_ppl: float, unit: str) -> float:
+    """The up-scaled setting's gain over its equal-FLOPs control: positive when it is better."""
+    if unit == "pct":
+        return 100.0 * (1.0 - variant_ppl / control_ppl)
+    if unit == "nats":
+        return math.log(control_ppl) - math.log(variant_ppl)
+    raise ValueError(f"benefit: unit must be one of {sorted(UNITS)}, got {unit!r}")
+
+
+@dataclass
+class Arms:
+    """One setting's paired final perplexities per regime and seed: its own and its control's."""
+
+    variant: str
+    variant_ppl: dict[float, dict[int, float]] = field(default_factory=dict)
+    control_ppl: dict[float, dict[int, float]] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)  # regimes left out, and why
+
+    def benefits(self, unit: str) -> dict[float, dict[int, float]]:
+        return {x: {s: benefit(v, self.control_ppl[x][s], unit) for s, v in seeds.items()}
+                for x, seeds in self.variant_ppl.items()}
+
+
+def regime_x(jobs: Sequence[StudyJob], bases: Mapping | None = None) -> dict[str, float]:
+    """Each regime's tokens/parameter: the base's measured value when its report is known, else the knob."""
+    out = {}
+    for job in jobs:
+        base = (bases or {}).get(job.regime)
+        measured = getattr(base, "tokens_per_param", None)
+        if measured or job.base_tokens_per_param:
+            out[job.regime] = float(measured or job.base_tokens_per_param)
+    return out
+
+
+def paired_arms(jobs: Sequence[StudyJob], bases: Mapping | None = None, control: str = CONTROL_FLOPS) -> list[Arms]:
+    """Every non-control setting's pairs with ``control``, regime by regime (only seeds both have; the lr
+    pairing of kiwi.study.table.control_lr); a regime with a diverged seed on either side is excluded."""
+    xs = regime_x(jobs, bases)
+    by = groups(jobs)
+    arms: dict[str, Arms] = {}
+    for (regime, variant, lr), members in by.items():
+        if variant in (CONTROL_TOKENS, CONTROL_FLOPS) or regime not in xs:
+            continue
+        arm = arms.setdefault(variant, Arms(variant))
+        ref = by.get((regime, control, control_lr(jobs, regime, control, variant, lr)))
+        if ref is None:
+            arm.excluded.append(f"{regime}: no {control}")
+            continue
+        if bad := [f"{j.variant} seed {j.seed}" for j in [*members, *ref] if diverged(j)]:
+            arm.excluded.append(f"{regime}: diverged ({', '.join(bad)})")
+            continue
+        if xs[regime] in arm.variant_ppl:
+            raise ValueError(f"{variant}: two groups at {xs[regime]:g} tokens/param (several lrs in one regime); "
+                             "gather one lr per setting for the trend")
+        controls = {j.seed: j.ppl_end for j in ref}
+        arm.variant_ppl[xs[regime]] = {j.seed: j.ppl_end for j in members if j.seed in controls}
+        arm.control_ppl[xs[regime]] = {s: controls[s] for s in arm.variant_ppl[xs[regime]]}
+    return sorted(arms.values(), key=lambda a: a.variant)
+
+
+@dataclass
+class Trend:
+    """One setting's benefit over regimes in one unit: the points, both fits and their intervals."""
+
+    variant: str
+    unit: str
+    xs: list[float]
+    means: list[float]
+    ses: list[float]
+    intervals: list[tuple[float, float]]           # 95% t interval per regime (kiwi.study.stats.paired_diff)
+    seeds: list[int]                               # seeds per regime
+    line: fit.LogLinear
+    line_chi2: float
+    slope: fit.Interval                            # b: benefit per e-fold of base training
+    crossover: fit.Interval                        # x where the line crosses zero
+    at_target: fit.Interval                        # the line at QWEN_TOKENS_PER_PARAM (an extrapolation)
+    band: list[tuple[float, float, float]]         # (x, low, high) of the line over the bootstrap
+    power: tuple[fit.PowerLaw, fit.PowerLaw] | None = None  # Liew & Kato at one D2: (variant, control) loss
+    power_chi2: tuple[float, float] | None = None
+    power_crossover: fit.Interval | None = None
+    excluded: list[str] = field(default_factory=list)
+
+
+N_BOOT = 2000
+
+
+def trend(arms: Arms, unit: str, n_boot: int = N_BOOT, seed: int = 0, target: float = QWEN_TOKENS_PER_PARAM
+          ) -> Trend | None:
+    """Both fits of one setting's benefit in ``unit``, with percentile intervals over ``n_boot`` resamples
+    of the seeds (the same resample for the setting and its control); None with fewer than MIN_REGIMES."""
+    points = arms.benefits(unit)
+    if len(points) < MIN_REGIMES:
+        return None
+    xs, means, ses = fit.mean_and_se(points)
+    ses = [max(se, 1e-12) for se in ses]  # a regime whose seeds agree exactly still weighs finitely
+    line = fit.fit_log_linear(xs, means, ses)
+    lo_x, hi_x = min(xs), max(max(xs), target)
+    loss_v = {x: {s: math.log(p) for s, p in seeds.items()} for x, seeds in arms.variant_ppl.items()}
+    loss_c = {x: {s: math.log(p) for s, p in seeds.items()} for x, seeds in arms.control_ppl.items()}
+
+    def power_fits(lv, lc):
+        (x1, m1, s1), (x2, m2, s2) = fit.mean_and_se(lv), fit.mean_and_se(lc)
+        s1, s2 = [max(v, 1e-12) for v in s1], [max(v, 1e-12) for v in s2]
+        pv, pc = fit.fit_power_law(x1, m1, s1), fit.fit_power_law(x2, m2, s2)
+        return (pv, pc), (fit.chi2_dof(pv, x1, m1, s1, 3), fit.chi2_dof(pc, x2, m2, s2, 3))
+
+    power, power_chi2 = power_fits(loss_v, loss_c)
+    rng = np.random.default_rng(seed)
+    grid = np.geomspace(lo_x, hi_x, 60)
+    slopes, crossings, at, curves, p_cross = [], [], [], [], []
+    for _ in range(n_boot):
+        draw = fit.resample(rng, points)
+        bx, bm, _ = fit.mean_and_se(fit.take(points, draw)) if all(len(d) > 1 for d in draw.values()) else \
+            (xs, means, ses)
+        b_line = fit.fit_log_linear(bx, bm, ses)  # the full sample's weights: a resample's own SEs can be zero
+        slopes.append(b_line.b)
+        crossings.append(b_line.crossover)
+        at.append(float(b_line(target)))
+        curves.append(b_line(grid))
+        (pv, pc), _ = power_fits(fit.take(loss_v, draw), fit.take(loss_c, draw))
+        p_cross.append(fit.power_crossover(pv, pc, lo_x, hi_x * 10))
+    curves = np.asarray(curves)
+    band = [(float(x), float(lo), float(hi)) for x, lo, hi in
+            zip(grid, np.quantile(curves, 0.025, axis=0), np.quantile(curves, 0.975, axis=0), strict=True)]
+    intervals = []
+    for x in xs:
+        _, low, high = t_interval(list(points[x].values()))
+        intervals.append((low, high))
+    return Trend(arms.variant, unit, xs, means, ses, intervals, [len(points[x]) for x in xs], line,
+                 fit.chi2_dof(line, xs, means, ses, 2), fit.percentile_interval(line.b, slopes),
+                 fit.percentile_interval(line.crossover, crossings, open_high=True),
+                 fit.percentile_interval(float(line(target)), at), band, power, power_chi2,
+                 fit.percentile_interval(fit.power_crossover(*power, lo_x, hi_x * 10), p_cross, open_high=True),
+                 list(arms.excluded))
+
+
+def trends(jobs: Sequence[StudyJob], bases: Mapping | None = None, n_boot: int = N_BOOT) -> list[Trend]:
+    """Every setting with at least MIN_REGIMES regimes, in both units."""
+    out = []
+    for arms in paired_arms(jobs, bases):
+        for unit in UNITS:
+            if (t := trend(arms, unit, n_boot)) is not None:
+                out.append(t)
+    return out
+
+
+TREND_COLUMNS = ("variant", "unit", "regimes", "seeds", "a", "b", "slope_low", "slope_high", "line_chi2_dof",
+                 "crossover", "crossover_low", "crossover_high", "no_crossover_share", "at_36k", "at_36k_low",
+                 "at_36k_high", "power_crossover", "power_crossover_low", "power_crossover_high",
+                 "power_chi2_dof_variant", "power_chi2_dof_control", "excluded")
+
+
+def trend_row(t: Trend) -> dict:
+    return {"variant": t.variant, "unit": t.unit, "regimes": " ".join(f"{x:.4g}" for x in t.xs),
+            "seeds": min(t.seeds), "a": t.line.a, "b": t.line.b, "slope_low": t.slope.low,
+            "slope_high": t.slope.high, "line_chi2_dof": t.line_chi2, "crossover": t.crossover.estimate,
+            "crossover_low": t.crossover.low, "crossover_high": t.crossover.high,
+            "no_crossover_share": t.crossover.undefined, "at_36k": t.at_target.estimate,
+            "at_36k_low": t.at_target.low, "at_36k_high": t.at_target.high,
+            "power_crossover": t.power_crossover.estimate if t.power_crossover else None,
+            "power_crossover_low": t.power_crossover.low if t.power_crossover else None,
+            "power_crossover_high": t.power_crossover.high if t.power_crossover else None,
+            "power_chi2_dof_variant": t.power_chi2[0] if t.power_chi2 else None,
+            "power_chi2_dof_control": t.power_chi2[1] if t.power_chi2 else None,
+            "excluded": "; ".join(t.excluded)}
+
+
+def _num(value, digits: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return "inf" if value == math.inf else format(value, digits)
+
+
+def _crossing(i: fit.Interval, why_none: str) -> str:
+    """`148 [131, 170]`, with the share of resamples that never cross; `none (why)` without a crossing."""
+    if i.estimate is None:
+        return f"none ({why_none}; {100 * i.undefined:.0f}% of resamples)"
+    share = f" ({100 * i.undefined:.0f}% of resamples none)" if i.undefined else ""
+    return f"{_num(i.estimate)} [{_num(i.low)}, {_num(i.high)}]{share}"
+
+
+def trend_markdown(ts: Sequence[Trend]) -> str:
+    """The fits in words a reader can check: per setting and unit, the line, its crossover and the
+    extrapolation to 36k tokens/param, each with its bootstrap interval."""
+    rows = []
+    for t in ts:
+        rows.append([t.variant, UNITS[t.unit], " ".join(f"{x:.4g}" for x in t.xs), str(min(t.seeds)),
+                     f"{_num(t.line.a)} + {_num(t.line.b)} ln x", f"[{_num(t.slope.low)}, {_num(t.slope.high)}]",
+                     _num(t.line_chi2, ".2f"),
+                     _crossing(t.crossover, "b >= 0"),
+                     f"{_num(t.at_target.estimate)} [{_num(t.at_target.low)}, {_num(t.at_target.high)}]",
+                     _crossing(t.power_crossover, "the curves do not cross") if t.power_crossover else "n/a",
+                     "/".join(_num(c, ".2f") for c in t.power_chi2) if t.power_chi2 else "n/a"])
+    headers = ["setting", "unit", "regimes (tokens/param)", "seeds", "benefit = a + b ln x", "b (95% boot.)",
+               "chi2/dof", "crossover x* (95% boot.)", "at 36k tokens/param (extrap.)",
+               "Liew-Kato crossover", "L-K chi2/dof (var/ctrl)"]
+    lines = [tables.markdown_table(headers, rows, numeric=[False, False, False, True, False, False, True, False,
+                                                           False, False, False])]
+    if excluded := [f"{t.variant}: {'; '.join(t.excluded)}" for t in ts if t.excluded and t.unit == "pct"]:
+        lines.append("Regimes left out of a fit: " + " | ".join(excluded) + ".")
+    return "\n".join(lines)
+
+
+def write_trends(ts: Sequence[Trend], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"trend_csv": tables.write_csv(out / "trend.csv", list(TREND_COLUMNS),
+                                           [[trend_row(t)[c] for c in TREND_COLUMNS] for t in ts]),
+             "trend_points_csv": tables.write_csv(
+                 out / "trend_points.csv", ["variant", "unit", "tokens_per_param", "seeds", "mean", "se", "low",
+                                            "high"],
+                 [[t.variant, t.unit, x, n, m, se, lo, hi] for t in ts
+                  for x, n, m, se, (lo, hi) in zip(t.xs, t.seeds, t.means, t.ses, t.intervals, strict=True)])}
+    if ts:
+        files["benefit_plot"] = plot_trends(ts, out / "benefit.png")
+    return files
+
+
+def plot_trends(ts: Sequence[Trend], path: Path, target: float = QWEN_TOKENS_PER_PARAM) -> Path:
+    """Benefit vs the base's tokens/param (log x), one panel per unit: per setting the regimes' means with
+    95% intervals over seeds, the fitted line and its bootstrap band, dashed past the last regime (the
+    extrapolation), and Qwen2.5-0.5B's regime marked."""
+    plt = pyplot()
+    units = [u for u in UNITS if any(t.unit == u for t in ts)]
+    fig, axes = plt.subplots(1, len(units), figsize=(6.5 * len(units), 4.6), squeeze=False)
+    variants = sorted({t.variant for t in ts})
+    colors = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    for ax, unit in zip(axes[0], units, strict=True):
+        for k, t in enumerate(x for x in ts if x.unit == unit):
+            c = colors[t.variant]
+            shift = 1.0 + 0.04 * (k - (len(variants) - 1) / 2)  # side by side, so no interval hides another
+            xs = np.asarray(t.xs) * shift
+            lows = np.asarray([m - lo for m, (lo, _) in zip(t.means, t.intervals, strict=True)])
+            highs = np.asarray([hi - m for m, (_, hi) in zip(t.means, t.intervals, strict=True)])
+            ax.errorbar(xs, t.means, yerr=[lows, highs], fmt="o", color=c, capsize=3, label=t.variant)
+            bx = np.asarray([b[0] for b in t.band])
+            inside = bx <= max(t.xs)
+            ax.fill_between(bx, [b[1] for b in t.band], [b[2] for b in t.band], color=c, alpha=0.12, lw=0)
+            ax.plot(bx[inside], t.line(bx[inside]), color=c, lw=1.5)
+            ax.plot(bx[~inside | (bx == bx[inside][-1])], t.line(bx[~inside | (bx == bx[inside][-1])]), color=c,
+                    lw=1.2, ls="--")
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.axvline(target, color="grey", lw=0.8, ls=":")
+        ax.annotate("Qwen2.5-0.5B\n(extrapolated)", (target, 0), textcoords="offset points", xytext=(-4, 6),
+                    ha="right", fontsize=8, color="grey")
+        ax.set_xscale("log")
+        ax.set_xlabel("base tokens / parameter")
+        ax.set_ylabel(f"benefit over equal-FLOPs control ({UNITS[unit]})")
+        ax.set_title("higher = up-scaling helps; band: 95% bootstrap over seeds", fontsize=9)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,160 @@
+"""kiwi.study.fit and kiwi.study.trend on synthetic data with a known answer: parameters recovered within a
+tolerance, a crossover and an extrapolation whose intervals cover the truth, and the regime sweep's pairing
+(a setting meets only its own regime's and seed's control)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kiwi.study import fit
+from kiwi.study.trend import benefit, paired_arms, trend, trends, write_trends
+from tests.study.test_gather_tables import _job
+
+REGIMES = (16.0, 64.0, 256.0, 1024.0, 8192.0)
+
+
+def test_log_linear_recovers_its_parameters_and_crossover():
+    x = np.asarray(REGIMES)
+    y = 3.0 - 0.5 * np.log(x)
+    line = fit.fit_log_linear(x, y)
+    assert abs(line.a - 3.0) < 1e-9 and abs(line.b + 0.5) < 1e-9
+    assert line.crossover == pytest.approx(math.exp(6.0), rel=1e-9)
+    assert fit.fit_log_linear(x, 1.0 + 0.2 * np.log(x)).crossover is None  # growing benefit: never crosses
+
+
+def test_power_law_recovers_floor_scale_and_exponent():
+    x = np.geomspace(8, 16384, 8)
+    truth = fit.PowerLaw(E=2.1, C=4.0, beta=0.45)
+    got = fit.fit_power_law(x, truth(x))
+    assert abs(got.E - 2.1) < 1e-4 and abs(got.C / 4.0 - 1) < 1e-3
+    assert got.beta == pytest.approx(0.45, rel=1e-3)
+    noisy = truth(x) + np.random.default_rng(0).normal(0, 0.002, len(x))
+    got = fit.fit_power_law(x, noisy, [0.002] * len(x))
+    assert abs(got.beta - 0.45) < 0.05 and abs(got.E - 2.1) < 0.03
+    assert 0.1 < fit.chi2_dof(got, x, noisy, [0.002] * len(x), 3) < 4  # fits to within its noise
+    assert fit.chi2_dof(fit.LogLinear(0.0, 0.0), x, noisy, [0.002] * len(x), 2) > 100  # a wrong form does not
+
+
+def test_power_crossover_is_where_the_curves_meet():
+    variant, control = fit.PowerLaw(2.0, 3.0, 0.5), fit.PowerLaw(1.9, 4.0, 0.5)  # variant wins early, loses late
+    x = fit.power_crossover(variant, control, 1.0, 1e6)
+    assert variant(x) == pytest.approx(control(x), abs=1e-9)  # 0.1 = 1 / sqrt(x): x = 100
+    assert x == pytest.approx(100.0, rel=1e-6)
+    assert fit.power_crossover(control, variant, 1.0, 1e6) is None  # never better: no crossover
+
+
+def test_bad_fit_inputs_are_one_line_errors():
+    with pytest.raises(ValueError, match="at least 2 distinct x"):
+        fit.fit_log_linear([5.0, 5.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="x must be positive and every value finite"):
+        fit.fit_log_linear([1.0, 2.0], [1.0, math.nan])
+    with pytest.raises(ValueError, match="needs at least 2"):
+        fit.mean_and_se({16.0: {1: 0.3}})
+
+
+def test_percentile_interval_counts_a_missing_crossover_as_past_every_finite_one():
+    draws = [10.0] * 90 + [None] * 10
+    closed = fit.percentile_interval(10.0, draws, open_high=True)
+    assert closed.low == 10.0 and closed.high == math.inf and closed.undefined == pytest.approx(0.1)
+    assert fit.percentile_interval(10.0, draws).low is None  # too many undefined draws to bound without inf
+
+
+def _study(root, truth, noise: float, seeds=(1, 2, 3, 4, 5, 6, 7, 8), rng_seed=0):
+    """One sweep folder per regime and seed, as train.py writes them: control_flops at ppl c, interleave_id
+    at c (1 - benefit%) with ``truth(x)`` the benefit in %, plus seed noise shared by the pair (the data
+    order) and a little of its own."""
+    rng = np.random.default_rng(rng_seed)
+    dirs = []
+    for x in REGIMES:
+        for s in seeds:
+            d = root / f"tpp{x:g}" / f"seed{s}"
+            shared, own = rng.normal(0, 0.02), rng.normal(0, noise)
+            control = 50.0 * (1 + shared)
+            variant = control * (1 - (truth(x) + own) / 100)
+            base = {"study": {"base_tokens_per_param": x}, "model": {"base": f"/bases/tpp{x:g}"}}
+            _job(d, 0, "none", False, 1e-3, 60.0, control, tokens=6144, match_flops=6, budget_tokens=4096, seed=s,
+                 extra=base)
+            _job(d, 1, "interleave", True, 1e-3, 60.0, variant, seed=s, extra=base)
+            dirs.append(d)
+    return dirs
+
+
+def test_the_trend_recovers_a_known_benefit_law_and_its_crossover(tmp_path):
+    from kiwi.study.jobs import load_jobs
+
+    def truth(x):
+        return 4.0 - 0.8 * math.log(x)  # % better than the equal-FLOPs control; zero at e^5 = 148.4 tokens/param
+
+    jobs = [j for d in _study(tmp_path, truth, noise=0.05) for j in load_jobs(d)[0]]
+    (arms,) = paired_arms(jobs)
+    assert sorted(arms.variant_ppl) == list(REGIMES) and all(len(s) == 8 for s in arms.variant_ppl.values())
+    t = trend(arms, "pct", n_boot=400)
+    assert abs(t.line.a - 4.0) < 0.1 and abs(t.line.b + 0.8) < 0.02
+    assert t.crossover.low < math.exp(5.0) < t.crossover.high
+    assert t.crossover.high / t.crossover.low < 1.5  # 8 seeds at this noise decide it
+    at = truth(36_000)
+    assert t.at_target.low < at < t.at_target.high
+    nats = trend(arms, "nats", n_boot=50)
+    assert nats.line.b < 0 and nats.crossover.estimate == pytest.approx(math.exp(5.0), rel=0.1)
+    files = write_trends([t, nats], tmp_path / "out")
+    assert files["benefit_plot"].stat().st_size > 0 and "crossover" in files["trend_csv"].read_text()
+
+
+def test_each_setting_pairs_with_its_own_regimes_and_seeds_control(tmp_path):
+    from kiwi.study.jobs import load_jobs
+
+    jobs = [j for d in _study(tmp_path, lambda x: 1.0, noise=0.0) for j in load_jobs(d)[0]]
+    (arms,) = paired_arms(jobs)
+    for x in REGIMES:
+        for s, v in arms.variant_ppl[x].items():
+            # the variant was built as its own control x 0.99: any other pairing would show
+            assert benefit(v, arms.control_ppl[x][s], "pct") == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_diverged_seed_leaves_its_regime_out_and_says_so(tmp_path):
+    from kiwi.study.jobs import load_jobs
+
+    dirs = _study(tmp_path, lambda x: 1.0 - 0.1 * math.log(x), noise=0.05)
+    broken = next(d for d in dirs if d.parent.name == "tpp256" and d.name == "seed3")
+    report = broken / "1" / "perplexity_report.json"
+    report.write_text(report.read_text().replace('"val_ppl_after": ', '"val_ppl_after": NaN, "_was": '))
+    jobs = [j for d in dirs for j in load_jobs(d)[0]]
+    (t, _) = trends(jobs, n_boot=20)
+    assert 256.0 not in t.xs and any("256" in e and "diverged" in e for e in t.excluded)
+
+
+def test_fewer_than_three_regimes_is_not_fitted(tmp_path):
+    from kiwi.study.jobs import load_jobs
+
+    dirs = [d for d in _study(tmp_path, lambda x: 1.0, noise=0.05) if d.parent.name in ("tpp16", "tpp64")]
+    assert trends([j for d in dirs for j in load_jobs(d)[0]], n_boot=10) == []
+
+
+def test_the_gather_of_a_regime_sweep_writes_the_fit_table_and_plot(tmp_path):
+    from kiwi.study.gather import gather
+
+    g = gather(_study(tmp_path, lambda x: 2.0 - 0.4 * math.log(x), noise=0.1), tmp_path / "out")
+    md = g.files["markdown"].read_text()
+    assert "## Across regimes" in md and "crossover x*" in md and "![benefit vs tokens/param](benefit.png)" in md
+    assert {t.unit for t in g.trends} == {"pct", "nats"} and g.files["benefit_plot"].exists()
+    rows = g.files["trend_csv"].read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("variant,unit,regimes")
+
+
+def test_the_lever_search_reads_each_budgets_gather_and_names_the_headline(tmp_path):
+    """Two gathers at one regime (1x and 0.5x the budget): one table, and the headline is the interval
+    against the equal-FLOPs control that lies below zero, or else the closest one."""
+    from kiwi.study.gather import gather
+    from kiwi.study.lever_search import write_lever_search
+
+    outs = {}
+    for name, gain in ((None, 0.0), ("budget_0.5x", 3.0)):
+        root = tmp_path / (name or "main")
+        dirs = [d for d in _study(root, lambda x, g=gain: g, noise=0.05) if d.parent.name == "tpp8192"]
+        outs[name] = gather(dirs, root / "out").files["markdown"].parent
+    text = write_lever_search(outs, "8192 tokens/param", tmp_path / "lever_search.md").read_text()
+    assert "| interleave_id | 0.5x |" in text and "| interleave_id | 1x |" in text
+    assert "Better than the equal-FLOPs control (95% interval below zero): interleave_id at 0.5x -3.00%" in text
