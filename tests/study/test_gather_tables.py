@@ -332,8 +332,8 @@ def test_every_study_run_writes_fresh_sweep_folders():
     """python -m kiwi.study.run never reruns into a folder an earlier run wrote (Hydra would keep its jobs)."""
     from kiwi.study.run import study_tasks
 
-    first = study_tasks("study_cpu", ["64"], 2, "control_tokens", [], [])[1]
-    second = study_tasks("study_cpu", ["64"], 2, "control_tokens", [], [])[1]
+    first = study_tasks("study_cpu", ["64"], 2, "control_tokens", [], [])[1][None]
+    second = study_tasks("study_cpu", ["64"], 2, "control_tokens", [], [])[1][None]
     assert len(first) == len(second) == 2 and not set(first) & set(second)
 
 
