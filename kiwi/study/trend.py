@@ -129,11 +129,12 @@ def trend(arms: Arms, unit: str, n_boot: int = N_BOOT, seed: int = 0, target: fl
     loss_v = {x: {s: math.log(p) for s, p in seeds.items()} for x, seeds in arms.variant_ppl.items()}
     loss_c = {x: {s: math.log(p) for s, p in seeds.items()} for x, seeds in arms.control_ppl.items()}
 
-    def power_fits(lv, lc):
-        (x1, m1, s1), (x2, m2, s2) = fit.mean_and_se(lv), fit.mean_and_se(lc)
-        s1, s2 = [max(v, 1e-12) for v in s1], [max(v, 1e-12) for v in s2]
-        pv, pc = fit.fit_power_law(x1, m1, s1), fit.fit_power_law(x2, m2, s2)
-        return (pv, pc), (fit.chi2_dof(pv, x1, m1, s1, 3), fit.chi2_dof(pc, x2, m2, s2, 3))
+    weights = [[max(v, 1e-12) for v in fit.mean_and_se(arm)[2]] for arm in (loss_v, loss_c)]
+
+    def power_fits(lv, lc):  # always the full sample's weights, as for the line
+        (x1, m1, _), (x2, m2, _) = fit.mean_and_se(lv), fit.mean_and_se(lc)
+        pv, pc = fit.fit_power_law(x1, m1, weights[0]), fit.fit_power_law(x2, m2, weights[1])
+        return (pv, pc), (fit.chi2_dof(pv, x1, m1, weights[0], 3), fit.chi2_dof(pc, x2, m2, weights[1], 3))
 
     power, power_chi2 = power_fits(loss_v, loss_c)
     rng = np.random.default_rng(seed)
