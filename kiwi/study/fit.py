@@ -12,9 +12,9 @@ Two forms, both fitted by least squares with numpy alone:
   each arm (the up-scaled variant, the equal-FLOPs control), the crossover is where the two curves meet.
   Three parameters per arm from five regimes is a tight fit; ``chi2_dof`` says whether it fits.
 
-The bootstrap resamples seeds within each regime, the same seeds for a variant and its control (the pair
-shares its data order), and refits: percentile intervals, with the share of resamples that have no
-crossover at all reported rather than dropped.
+The bootstrap resamples the seeds (once for every regime when they share them, as seed s orders the data
+alike in all), the same seeds for a variant and its control (the pair shares its data order), and refits:
+percentile intervals, with the share of resamples that never cross reported rather than dropped.
 """
 
 from __future__ import annotations
@@ -48,14 +48,29 @@ class LogLinear:
         return math.exp(value) if value < 700 else math.inf
 
 
+# A crossover at or before the first regime: up-scaling no longer pays at any training level measured.
+BEFORE_FIRST = 0.0
+
+
+def line_crossover(line: LogLinear, first: float) -> float | None:
+    """The training level past which the line's benefit is no longer positive: its zero when it falls
+    (``b < 0``, possibly outside the regimes); BEFORE_FIRST when it does not fall but is not positive at the
+    first regime either; None when it is positive there and never falls (up-scaling keeps paying)."""
+    if line.b < 0:
+        return line.crossover
+    return None if line(first) > 0 else BEFORE_FIRST
+
+
 @dataclass(frozen=True)
 class PowerLaw:
     """``y = E + C x^(-beta)``: Liew & Kato's loss at one continuation budget, as a function of the base's
-    tokens (any unit: tokens/parameter here)."""
+    tokens (any unit: tokens/parameter here). ``at_edge``: beta is at a bound of its search, so E and C
+    only describe the data, not a floor and a decay."""
 
     E: float
     C: float
     beta: float
+    at_edge: bool = False
 
     def __call__(self, x: float | np.ndarray) -> float | np.ndarray:
         return self.E + self.C * np.power(x, -self.beta)
@@ -117,7 +132,8 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], sigma: Sequence[float]
         lo, hi = math.log(grid[max(0, i - 2)]), math.log(grid[min(len(grid) - 1, i + 2)])
     beta = grid[i]
     e, c, _ = _power_at(np.asarray([beta]), x, y, w)
-    return PowerLaw(float(e[0]), float(c[0]), float(beta))
+    edge = beta <= betas[0] * 1.01 or beta >= betas[1] / 1.01
+    return PowerLaw(float(e[0]), float(c[0]), float(beta), bool(edge))
 
 
 def chi2_dof(model: Callable, x: Sequence[float], y: Sequence[float], sigma: Sequence[float], n_params: int) -> float:
@@ -130,11 +146,11 @@ def chi2_dof(model: Callable, x: Sequence[float], y: Sequence[float], sigma: Seq
 
 def power_crossover(variant: PowerLaw, control: PowerLaw, lo: float, hi: float) -> float | None:
     """The smallest ``x`` in [lo, hi] (log grid, then bisection) past which the variant's loss is no longer
-    below the control's, or None when it stays below (or above) over the whole range."""
+    below the control's; BEFORE_FIRST when it is not below at ``lo``; None when it stays below up to ``hi``."""
     grid = np.geomspace(lo, hi, 4000)
     gap = control(grid) - variant(grid)  # > 0: the variant is better
     if gap[0] <= 0:
-        return None
+        return BEFORE_FIRST
     sign_change = np.nonzero(gap <= 0)[0]
     if not len(sign_change):
         return None
@@ -161,7 +177,14 @@ def mean_and_se(points: Points) -> tuple[list[float], list[float], list[float]]:
 
 
 def resample(rng: np.random.Generator, points: Points) -> dict[float, dict[int, int]]:
-    """Seeds drawn with replacement within each regime: {x: {draw index: seed}} (one draw for all arms)."""
+    """Seeds drawn with replacement: {x: {draw index: seed}}, one draw for all arms. Seed s orders the data
+    the same way in every regime, so when every regime has the same seeds they are drawn once for all of
+    them (a cluster bootstrap, which keeps that correlation); otherwise within each regime."""
+    sets = {tuple(sorted(by_seed)) for by_seed in points.values()}
+    if len(sets) == 1:
+        seeds = next(iter(sets))
+        ks = rng.integers(0, len(seeds), len(seeds))
+        return {x: {i: seeds[k] for i, k in enumerate(ks)} for x in points}
     out = {}
     for x, by_seed in points.items():
         seeds = sorted(by_seed)
@@ -192,9 +215,9 @@ def _g(value: float | None) -> str:
 
 def percentile_interval(estimate: float | None, draws: Sequence[float | None], level: float = 0.95,
                         open_high: bool = False) -> Interval:
-    """Percentile interval of bootstrap ``draws``. A draw of None (e.g. no crossover) counts as +inf when
-    ``open_high`` (a crossover that never comes is past any finite one), else the draws are too unstable to
-    bound and the interval is None where it would need them."""
+    """Percentile interval of bootstrap ``draws``. A draw of None (a crossover that never comes) counts as
+    +inf when ``open_high`` (past any finite one), else the draws are too unstable to bound and the interval
+    is None where it would need them. BEFORE_FIRST (0) sorts below every crossover in range."""
     n = len(draws)
     missing = sum(d is None for d in draws)
     values = sorted(math.inf if d is None else float(d) for d in draws) if open_high else \

@@ -40,7 +40,7 @@ from kiwi.study.table import (
     to_markdown,
     write_csv,
 )
-from kiwi.study.trend import MIN_REGIMES, N_BOOT, Trend, trend_markdown, trends, write_trends
+from kiwi.study.trend import MIN_REGIMES, N_BOOT, Trend, regime_x, trend_markdown, trends, write_trends
 from kiwi.train.budget import FLOPS_TOLERANCE
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Gathered:
     bases: dict[str, BaseInfo]
     files: dict[str, Path]
     trends: list[Trend] = field(default_factory=list)
+    unfitted: list[str] = field(default_factory=list)   # settings of a regime sweep not fitted, and why
 
 
 def base_report_path(base_dir: str | Path) -> Path:
@@ -189,13 +190,15 @@ def markdown_report(dirs: Sequence[Path], g: Gathered, plot_name: str, mixed: Se
         lines += [f"## Base at {regime}", "", *base_lines(b), "",
                   to_markdown([r for r in g.summary if r["regime"] == regime], (*SUMMARY_COLUMNS[1:], *mixed)),
                   *reading(g.summary, regime), ""]
-    if g.trends:
+    if g.trends or g.unfitted:
         lines += ["## Across regimes: the equal-FLOPs benefit vs the base's training", "",
                   f"Per setting with at least {MIN_REGIMES} regimes (kiwi.study.trend): benefit = 100 (1 - ppl / "
                   "ppl of the equal-FLOPs control) in %, and ln(ppl control / ppl) in nats, paired by seed; the "
-                  "line fitted to the regimes' means (weighted by their standard errors), intervals over "
+                  "line fitted to the regimes' means by least squares (chi2/dof against their standard errors), "
+                  "intervals over "
                   f"{N_BOOT} bootstrap resamples of the seeds. The value at 36k tokens/param is an extrapolation.",
-                  "", trend_markdown(g.trends), "", "![benefit vs tokens/param](benefit.png)", ""]
+                  "", trend_markdown(g.trends, g.unfitted), "",
+                  *(["![benefit vs tokens/param](benefit.png)", ""] if g.trends else [])]
     lines += [f"![held-out perplexity vs tokens]({plot_name})", "",
               "![paired differences against both controls, 95% intervals](differences.png)", "", "## Every job", "",
               "Deltas against the controls of the same regime and seed (at the same lr when the controls ran at "
@@ -258,8 +261,9 @@ def gather(multirun_dirs: str | Path | Sequence[str | Path], out_dir: str | Path
     g.files["job_curves"] = write_job_curves(jobs, out / "job_curves.csv")
     g.files["plot"] = plot_curves(jobs, out / "curves.png")
     g.files["differences_plot"] = plot_differences(g.summary, out / "differences.png")
-    g.trends = trends(jobs, bases)  # empty below MIN_REGIMES regimes
-    g.files.update(write_trends(g.trends, out) if g.trends else {})
+    if len(regime_x(jobs, bases)) >= MIN_REGIMES:  # a regime sweep: fit what has enough regimes, name the rest
+        g.trends, g.unfitted = trends(jobs, bases)
+        g.files.update(write_trends(g.trends, out) if g.trends else {})
     g.files["markdown"] = out / "results.md"
     g.files["markdown"].write_text(markdown_report(dirs, g, g.files["plot"].name, mixed))
     return g

@@ -22,7 +22,8 @@ from kiwi.plotting import pyplot, save_figure
 from kiwi.study import fit
 from kiwi.study.jobs import CONTROL_FLOPS, CONTROL_TOKENS, StudyJob
 from kiwi.study.stats import t_interval
-from kiwi.study.table import control_lr, diverged, groups
+from kiwi.study.table import control_lr, diverged, flops_gap_pct, groups
+from kiwi.train.budget import FLOPS_TOLERANCE
 
 QWEN_TOKENS_PER_PARAM = 36_000  # Qwen2.5-0.5B: ~18T tokens over ~0.5B parameters (the regime Kiwi grows)
 UNITS = {"pct": "% of held-out ppl", "nats": "nats of held-out loss"}
@@ -65,14 +66,16 @@ def regime_x(jobs: Sequence[StudyJob], bases: Mapping | None = None) -> dict[str
 
 def paired_arms(jobs: Sequence[StudyJob], bases: Mapping | None = None, control: str = CONTROL_FLOPS) -> list[Arms]:
     """Every non-control setting's pairs with ``control``, regime by regime (only seeds both have; the lr
-    pairing of kiwi.study.table.control_lr); a regime with a diverged seed on either side is excluded."""
+    pairing of kiwi.study.table.control_lr); a setting run at several lrs gets one arm per lr. A regime is
+    excluded, and named, when no control pairs with it, a seed on either side diverged, or fewer than 2
+    seeds pair; unpaired seeds and unequal FLOPs are named too."""
     xs = regime_x(jobs, bases)
     by = groups(jobs)
-    arms: dict[str, Arms] = {}
+    arms: dict[tuple[str, float], Arms] = {}
     for (regime, variant, lr), members in by.items():
         if variant in (CONTROL_TOKENS, CONTROL_FLOPS) or regime not in xs:
             continue
-        arm = arms.setdefault(variant, Arms(variant))
+        arm = arms.setdefault((variant, lr), Arms(variant))
         ref = by.get((regime, control, control_lr(jobs, regime, control, variant, lr)))
         if ref is None:
             arm.excluded.append(f"{regime}: no {control}")
@@ -80,13 +83,32 @@ def paired_arms(jobs: Sequence[StudyJob], bases: Mapping | None = None, control:
         if bad := [f"{j.variant} seed {j.seed}" for j in [*members, *ref] if diverged(j)]:
             arm.excluded.append(f"{regime}: diverged ({', '.join(bad)})")
             continue
-        if xs[regime] in arm.variant_ppl:
-            raise ValueError(f"{variant}: two groups at {xs[regime]:g} tokens/param (several lrs in one regime); "
-                             "gather one lr per setting for the trend")
         controls = {j.seed: j.ppl_end for j in ref}
-        arm.variant_ppl[xs[regime]] = {j.seed: j.ppl_end for j in members if j.seed in controls}
-        arm.control_ppl[xs[regime]] = {s: controls[s] for s in arm.variant_ppl[xs[regime]]}
+        paired = {j.seed: j.ppl_end for j in members if j.seed in controls}
+        if unpaired := sorted({j.seed for j in members} ^ set(controls)):
+            arm.excluded.append(f"{regime}: seeds {unpaired} without a pair (left out)")
+        if len(paired) < 2:
+            arm.excluded.append(f"{regime}: {len(paired)} paired seed(s), an interval needs 2")
+            continue
+        if (gap := flops_gap_pct(members, ref)) is not None and abs(gap) > 100 * FLOPS_TOLERANCE:
+            arm.excluded.append(f"{regime}: unequal FLOPs ({gap:+.1f}% against {control}; kept)")
+        arm.variant_ppl[xs[regime]] = paired
+        arm.control_ppl[xs[regime]] = {s: controls[s] for s in paired}
+    several = {v for v, _ in arms if sum(1 for w, _ in arms if w == v) > 1}
+    for (variant, lr), arm in arms.items():
+        if variant in several:
+            arm.variant = f"{variant} (lr {lr:g})"
     return sorted(arms.values(), key=lambda a: a.variant)
+
+
+@dataclass
+class PowerTrend:
+    """Liew & Kato at one budget, fitted to each arm's loss: the fits, their chi2/dof and the crossover."""
+
+    variant: fit.PowerLaw
+    control: fit.PowerLaw
+    chi2: tuple[float, float]
+    crossover: fit.Interval
 
 
 @dataclass
@@ -98,138 +120,180 @@ class Trend:
     xs: list[float]
     means: list[float]
     ses: list[float]
-    intervals: list[tuple[float, float]]           # 95% t interval per regime (kiwi.study.stats.paired_diff)
-    seeds: list[int]                               # seeds per regime
+    intervals: list[tuple[float, float]]           # 95% t interval per regime (kiwi.study.stats.t_interval)
+    seeds: list[int]                               # paired seeds per regime
     line: fit.LogLinear
     line_chi2: float
     slope: fit.Interval                            # b: benefit per e-fold of base training
-    crossover: fit.Interval                        # x where the line crosses zero
+    crossover: fit.Interval                        # where the line's benefit stops being positive
     at_target: fit.Interval                        # the line at QWEN_TOKENS_PER_PARAM (an extrapolation)
     band: list[tuple[float, float, float]]         # (x, low, high) of the line over the bootstrap
-    power: tuple[fit.PowerLaw, fit.PowerLaw] | None = None  # Liew & Kato at one D2: (variant, control) loss
-    power_chi2: tuple[float, float] | None = None
-    power_crossover: fit.Interval | None = None
+    power: PowerTrend | None = None
     excluded: list[str] = field(default_factory=list)
 
 
 N_BOOT = 2000
 
 
-def trend(arms: Arms, unit: str, n_boot: int = N_BOOT, seed: int = 0, target: float = QWEN_TOKENS_PER_PARAM
-          ) -> Trend | None:
-    """Both fits of one setting's benefit in ``unit``, with percentile intervals over ``n_boot`` resamples
-    of the seeds (the same resample for the setting and its control); None with fewer than MIN_REGIMES."""
+def _losses(ppl: Mapping[float, Mapping[int, float]]) -> dict[float, dict[int, float]]:
+    return {x: {s: math.log(p) for s, p in seeds.items()} for x, seeds in ppl.items()}
+
+
+def power_trend(arms: Arms, n_boot: int = N_BOOT, seed: int = 0, target: float = QWEN_TOKENS_PER_PARAM
+                ) -> PowerTrend:
+    """Both arms' losses fitted by least squares over the regimes' means, and the seed bootstrap of where the
+    curves meet (searched up to 10 x ``target``)."""
+    loss_v, loss_c = _losses(arms.variant_ppl), _losses(arms.control_ppl)
+    first, last = min(loss_v), 10 * max(max(loss_v), target)
+
+    def fits(lv, lc):
+        (x1, m1, _), (x2, m2, _) = fit.mean_and_se(lv), fit.mean_and_se(lc)
+        return fit.fit_power_law(x1, m1), fit.fit_power_law(x2, m2)
+
+    pv, pc = fits(loss_v, loss_c)
+    (x1, m1, s1), (x2, m2, s2) = fit.mean_and_se(loss_v), fit.mean_and_se(loss_c)
+    chi2 = (fit.chi2_dof(pv, x1, m1, [max(v, 1e-12) for v in s1], 3),
+            fit.chi2_dof(pc, x2, m2, [max(v, 1e-12) for v in s2], 3))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        draw = fit.resample(rng, loss_v)
+        draws.append(fit.power_crossover(*fits(fit.take(loss_v, draw), fit.take(loss_c, draw)), first, last))
+    cross = fit.percentile_interval(fit.power_crossover(pv, pc, first, last), draws, open_high=True)
+    return PowerTrend(pv, pc, chi2, cross)
+
+
+def trend(arms: Arms, unit: str, n_boot: int = N_BOOT, seed: int = 0, target: float = QWEN_TOKENS_PER_PARAM,
+          power: PowerTrend | None = None) -> Trend | None:
+    """The log-linear fit of one setting's benefit in ``unit`` (least squares over the regimes' means), with
+    percentile intervals over ``n_boot`` resamples of the seeds (the same resample for the setting and its
+    control); None with fewer than MIN_REGIMES regimes."""
     points = arms.benefits(unit)
     if len(points) < MIN_REGIMES:
         return None
     xs, means, ses = fit.mean_and_se(points)
-    ses = [max(se, 1e-12) for se in ses]  # a regime whose seeds agree exactly still weighs finitely
-    line = fit.fit_log_linear(xs, means, ses)
-    lo_x, hi_x = min(xs), max(max(xs), target)
-    loss_v = {x: {s: math.log(p) for s, p in seeds.items()} for x, seeds in arms.variant_ppl.items()}
-    loss_c = {x: {s: math.log(p) for s, p in seeds.items()} for x, seeds in arms.control_ppl.items()}
-
-    weights = [[max(v, 1e-12) for v in fit.mean_and_se(arm)[2]] for arm in (loss_v, loss_c)]
-
-    def power_fits(lv, lc):  # always the full sample's weights, as for the line
-        (x1, m1, _), (x2, m2, _) = fit.mean_and_se(lv), fit.mean_and_se(lc)
-        pv, pc = fit.fit_power_law(x1, m1, weights[0]), fit.fit_power_law(x2, m2, weights[1])
-        return (pv, pc), (fit.chi2_dof(pv, x1, m1, weights[0], 3), fit.chi2_dof(pc, x2, m2, weights[1], 3))
-
-    power, power_chi2 = power_fits(loss_v, loss_c)
+    line = fit.fit_log_linear(xs, means)
+    grid = np.geomspace(min(xs), max(max(xs), target), 60)
     rng = np.random.default_rng(seed)
-    grid = np.geomspace(lo_x, hi_x, 60)
-    slopes, crossings, at, curves, p_cross = [], [], [], [], []
+    slopes, crossings, at, curves = [], [], [], []
     for _ in range(n_boot):
-        draw = fit.resample(rng, points)
-        bx, bm, _ = fit.mean_and_se(fit.take(points, draw)) if all(len(d) > 1 for d in draw.values()) else \
-            (xs, means, ses)
-        b_line = fit.fit_log_linear(bx, bm, ses)  # the full sample's weights: a resample's own SEs can be zero
+        bx, bm, _ = fit.mean_and_se(fit.take(points, fit.resample(rng, points)))
+        b_line = fit.fit_log_linear(bx, bm)
         slopes.append(b_line.b)
-        crossings.append(b_line.crossover)
+        crossings.append(fit.line_crossover(b_line, min(xs)))
         at.append(float(b_line(target)))
         curves.append(b_line(grid))
-        (pv, pc), _ = power_fits(fit.take(loss_v, draw), fit.take(loss_c, draw))
-        p_cross.append(fit.power_crossover(pv, pc, lo_x, hi_x * 10))
     curves = np.asarray(curves)
     band = [(float(x), float(lo), float(hi)) for x, lo, hi in
             zip(grid, np.quantile(curves, 0.025, axis=0), np.quantile(curves, 0.975, axis=0), strict=True)]
-    intervals = []
-    for x in xs:
-        _, low, high = t_interval(list(points[x].values()))
-        intervals.append((low, high))
+    intervals = [t_interval(list(points[x].values()))[1:] for x in xs]
     return Trend(arms.variant, unit, xs, means, ses, intervals, [len(points[x]) for x in xs], line,
-                 fit.chi2_dof(line, xs, means, ses, 2), fit.percentile_interval(line.b, slopes),
-                 fit.percentile_interval(line.crossover, crossings, open_high=True),
-                 fit.percentile_interval(float(line(target)), at), band, power, power_chi2,
-                 fit.percentile_interval(fit.power_crossover(*power, lo_x, hi_x * 10), p_cross, open_high=True),
-                 list(arms.excluded))
+                 fit.chi2_dof(line, xs, means, [max(se, 1e-12) for se in ses], 2),
+                 fit.percentile_interval(line.b, slopes),
+                 fit.percentile_interval(fit.line_crossover(line, min(xs)), crossings, open_high=True),
+                 fit.percentile_interval(float(line(target)), at), band, power, list(arms.excluded))
 
 
-def trends(jobs: Sequence[StudyJob], bases: Mapping | None = None, n_boot: int = N_BOOT) -> list[Trend]:
-    """Every setting with at least MIN_REGIMES regimes, in both units."""
-    out = []
+def trends(jobs: Sequence[StudyJob], bases: Mapping | None = None, n_boot: int = N_BOOT
+           ) -> tuple[list[Trend], list[str]]:
+    """Every setting with at least MIN_REGIMES usable regimes, in both units (the Liew-Kato fit, which
+    depends on the losses only, once per setting); and a line per setting that is not fitted, saying why."""
+    out, unfitted = [], []
     for arms in paired_arms(jobs, bases):
-        for unit in UNITS:
-            if (t := trend(arms, unit, n_boot)) is not None:
-                out.append(t)
-    return out
+        if len(arms.variant_ppl) < MIN_REGIMES:
+            why = f"; {'; '.join(arms.excluded)}" if arms.excluded else ""
+            unfitted.append(f"{arms.variant}: {len(arms.variant_ppl)} usable regime(s){why}")
+            continue
+        power = power_trend(arms, n_boot)
+        out += [trend(arms, unit, n_boot, power=power) for unit in UNITS]
+    return out, unfitted
 
 
 TREND_COLUMNS = ("variant", "unit", "regimes", "seeds", "a", "b", "slope_low", "slope_high", "line_chi2_dof",
-                 "crossover", "crossover_low", "crossover_high", "no_crossover_share", "at_36k", "at_36k_low",
-                 "at_36k_high", "power_crossover", "power_crossover_low", "power_crossover_high",
-                 "power_chi2_dof_variant", "power_chi2_dof_control", "excluded")
+                 "crossover", "crossover_low", "crossover_high", "no_crossover_share", "crossover_in_regimes",
+                 "at_36k", "at_36k_low", "at_36k_high", "power_crossover", "power_crossover_low",
+                 "power_crossover_high", "power_no_crossover_share", "power_chi2_dof_variant",
+                 "power_chi2_dof_control", "power_flags", "excluded")
+
+
+def in_regimes(t: Trend) -> bool | None:
+    """Whether the line's crossover lies within the regimes measured (else it is an extrapolation)."""
+    x = t.crossover.estimate
+    return None if x is None or x == fit.BEFORE_FIRST else min(t.xs) <= x <= max(t.xs)
+
+
+def power_flags(p: PowerTrend | None) -> str:
+    """What makes a Liew-Kato fit unfit to read as a floor and a decay: an exponent at its search bound, or
+    a loss that rises with the base's training (C <= 0)."""
+    if p is None:
+        return ""
+    flags = [f"{arm}: {why}" for arm, law in (("variant", p.variant), ("control", p.control))
+             for why, bad in (("beta at its search bound", law.at_edge), ("C <= 0 (rising loss)", law.C <= 0))
+             if bad]
+    return "; ".join(flags)
 
 
 def trend_row(t: Trend) -> dict:
+    p = t.power
     return {"variant": t.variant, "unit": t.unit, "regimes": " ".join(f"{x:.4g}" for x in t.xs),
             "seeds": min(t.seeds), "a": t.line.a, "b": t.line.b, "slope_low": t.slope.low,
             "slope_high": t.slope.high, "line_chi2_dof": t.line_chi2, "crossover": t.crossover.estimate,
             "crossover_low": t.crossover.low, "crossover_high": t.crossover.high,
-            "no_crossover_share": t.crossover.undefined, "at_36k": t.at_target.estimate,
-            "at_36k_low": t.at_target.low, "at_36k_high": t.at_target.high,
-            "power_crossover": t.power_crossover.estimate if t.power_crossover else None,
-            "power_crossover_low": t.power_crossover.low if t.power_crossover else None,
-            "power_crossover_high": t.power_crossover.high if t.power_crossover else None,
-            "power_chi2_dof_variant": t.power_chi2[0] if t.power_chi2 else None,
-            "power_chi2_dof_control": t.power_chi2[1] if t.power_chi2 else None,
-            "excluded": "; ".join(t.excluded)}
+            "no_crossover_share": t.crossover.undefined, "crossover_in_regimes": in_regimes(t),
+            "at_36k": t.at_target.estimate, "at_36k_low": t.at_target.low, "at_36k_high": t.at_target.high,
+            "power_crossover": p.crossover.estimate if p else None,
+            "power_crossover_low": p.crossover.low if p else None,
+            "power_crossover_high": p.crossover.high if p else None,
+            "power_no_crossover_share": p.crossover.undefined if p else None,
+            "power_chi2_dof_variant": p.chi2[0] if p else None, "power_chi2_dof_control": p.chi2[1] if p else None,
+            "power_flags": power_flags(p), "excluded": "; ".join(t.excluded)}
 
 
 def _num(value, digits: str = ".3g") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if value == fit.BEFORE_FIRST:
+        return "before the first regime"
     return "inf" if value == math.inf else format(value, digits)
 
 
-def _crossing(i: fit.Interval, why_none: str) -> str:
-    """`148 [131, 170]`, with the share of resamples that never cross; `none (why)` without a crossing."""
-    if i.estimate is None:
-        return f"none ({why_none}; {100 * i.undefined:.0f}% of resamples)"
-    share = f" ({100 * i.undefined:.0f}% of resamples none)" if i.undefined else ""
-    return f"{_num(i.estimate)} [{_num(i.low)}, {_num(i.high)}]{share}"
+def _crossing(i: fit.Interval, never: str) -> str:
+    """`148 [131, 170]`, with the share of resamples that never cross; ``never`` when the estimate does not."""
+    share = f" ({100 * i.undefined:.0f}% of resamples never cross)" if i.undefined else ""
+    head = never if i.estimate is None else _num(i.estimate)
+    return f"{head} [{_num(i.low)}, {_num(i.high)}]{share}"
 
 
-def trend_markdown(ts: Sequence[Trend]) -> str:
+def _line(t: Trend) -> str:
+    sign = "-" if t.line.b < 0 else "+"
+    return f"{_num(t.line.a)} {sign} {_num(abs(t.line.b))} ln x"
+
+
+def trend_markdown(ts: Sequence[Trend], unfitted: Sequence[str] = ()) -> str:
     """The fits in words a reader can check: per setting and unit, the line, its crossover and the
     extrapolation to 36k tokens/param, each with its bootstrap interval."""
     rows = []
     for t in ts:
-        rows.append([t.variant, UNITS[t.unit], " ".join(f"{x:.4g}" for x in t.xs), str(min(t.seeds)),
-                     f"{_num(t.line.a)} + {_num(t.line.b)} ln x", f"[{_num(t.slope.low)}, {_num(t.slope.high)}]",
-                     _num(t.line_chi2, ".2f"),
-                     _crossing(t.crossover, "b >= 0"),
+        outside = "" if in_regimes(t) in (True, None) else " (outside the regimes: extrapolated)"
+        p = t.power
+        rows.append([t.variant, UNITS[t.unit], " ".join(f"{x:.4g}" for x in t.xs), str(min(t.seeds)), _line(t),
+                     f"[{_num(t.slope.low)}, {_num(t.slope.high)}]", _num(t.line_chi2, ".2f"),
+                     _crossing(t.crossover, "never (positive, not falling)") + outside,
                      f"{_num(t.at_target.estimate)} [{_num(t.at_target.low)}, {_num(t.at_target.high)}]",
-                     _crossing(t.power_crossover, "the curves do not cross") if t.power_crossover else "n/a",
-                     "/".join(_num(c, ".2f") for c in t.power_chi2) if t.power_chi2 else "n/a"])
+                     _crossing(p.crossover, "never") if p else "n/a",
+                     ("/".join(_num(c, ".2f") for c in p.chi2) + (f" ({power_flags(p)})" if power_flags(p) else ""))
+                     if p else "n/a"])
     headers = ["setting", "unit", "regimes (tokens/param)", "seeds", "benefit = a + b ln x", "b (95% boot.)",
-               "chi2/dof", "crossover x* (95% boot.)", "at 36k tokens/param (extrap.)",
+               "chi2/dof", "stops paying past x* (95% boot.)", "at 36k tokens/param (extrap.)",
                "Liew-Kato crossover", "L-K chi2/dof (var/ctrl)"]
     lines = [tables.markdown_table(headers, rows, numeric=[False, False, False, True, False, False, True, False,
-                                                           False, False, False])]
+                                                           False, False, False]), "",
+             "Liew & Kato's form is fitted at one continuation budget, where it is E + C x^-beta per arm: its "
+             "alpha2 and alpha3 (how the budget after growth enters) cannot be separated by this design."]
     if excluded := [f"{t.variant}: {'; '.join(t.excluded)}" for t in ts if t.excluded and t.unit == "pct"]:
         lines.append("Regimes left out of a fit: " + " | ".join(excluded) + ".")
+    if unfitted:
+        lines.append(f"Not fitted (fewer than {MIN_REGIMES} usable regimes): " + " | ".join(unfitted) + ".")
     return "\n".join(lines)
 
 

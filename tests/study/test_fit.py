@@ -23,6 +23,11 @@ def test_log_linear_recovers_its_parameters_and_crossover():
     assert abs(line.a - 3.0) < 1e-9 and abs(line.b + 0.5) < 1e-9
     assert line.crossover == pytest.approx(math.exp(6.0), rel=1e-9)
     assert fit.fit_log_linear(x, 1.0 + 0.2 * np.log(x)).crossover is None  # growing benefit: never crosses
+    # where the benefit stops being positive: never when it is positive and does not fall; before the first
+    # regime when it does not fall but is not positive there (it is no "pays forever")
+    assert fit.line_crossover(fit.LogLinear(1.0, 0.2), 16.0) is None
+    assert fit.line_crossover(fit.LogLinear(-3.0, 0.2), 16.0) == fit.BEFORE_FIRST
+    assert fit.line_crossover(fit.LogLinear(3.0, -0.5), 16.0) == pytest.approx(math.exp(6.0))
 
 
 def test_power_law_recovers_floor_scale_and_exponent():
@@ -43,7 +48,9 @@ def test_power_crossover_is_where_the_curves_meet():
     x = fit.power_crossover(variant, control, 1.0, 1e6)
     assert variant(x) == pytest.approx(control(x), abs=1e-9)  # 0.1 = 1 / sqrt(x): x = 100
     assert x == pytest.approx(100.0, rel=1e-6)
-    assert fit.power_crossover(control, variant, 1.0, 1e6) is None  # never better: no crossover
+    # not better at the first regime: it crossed before it (not "never", which is what staying better is)
+    assert fit.power_crossover(control, variant, 1.0, 1e6) == fit.BEFORE_FIRST
+    assert fit.power_crossover(fit.PowerLaw(1.0, 3.0, 0.5), control, 1.0, 1e6) is None  # better all along
 
 
 def test_bad_fit_inputs_are_one_line_errors():
@@ -62,7 +69,7 @@ def test_percentile_interval_counts_a_missing_crossover_as_past_every_finite_one
     assert fit.percentile_interval(10.0, draws).low is None  # too many undefined draws to bound without inf
 
 
-def _study(root, truth, noise: float, seeds=(1, 2, 3, 4, 5, 6, 7, 8), rng_seed=0):
+def _study(root, truth, noise: float, seeds=(1, 2, 3, 4, 5, 6, 7, 8), rng_seed=0, lr: float = 1e-3):
     """One sweep folder per regime and seed, as train.py writes them: control_flops at ppl c, interleave_id
     at c (1 - benefit%) with ``truth(x)`` the benefit in %, plus seed noise shared by the pair (the data
     order) and a little of its own."""
@@ -75,9 +82,9 @@ def _study(root, truth, noise: float, seeds=(1, 2, 3, 4, 5, 6, 7, 8), rng_seed=0
             control = 50.0 * (1 + shared)
             variant = control * (1 - (truth(x) + own) / 100)
             base = {"study": {"base_tokens_per_param": x}, "model": {"base": f"/bases/tpp{x:g}"}}
-            _job(d, 0, "none", False, 1e-3, 60.0, control, tokens=6144, match_flops=6, budget_tokens=4096, seed=s,
+            _job(d, 0, "none", False, lr, 60.0, control, tokens=6144, match_flops=6, budget_tokens=4096, seed=s,
                  extra=base)
-            _job(d, 1, "interleave", True, 1e-3, 60.0, variant, seed=s, extra=base)
+            _job(d, 1, "interleave", True, lr, 60.0, variant, seed=s, extra=base)
             dirs.append(d)
     return dirs
 
@@ -122,7 +129,8 @@ def test_a_diverged_seed_leaves_its_regime_out_and_says_so(tmp_path):
     report = broken / "1" / "perplexity_report.json"
     report.write_text(report.read_text().replace('"val_ppl_after": ', '"val_ppl_after": NaN, "_was": '))
     jobs = [j for d in dirs for j in load_jobs(d)[0]]
-    (t, _) = trends(jobs, n_boot=20)
+    (t, _), unfitted = trends(jobs, n_boot=20)
+    assert unfitted == []
     assert 256.0 not in t.xs and any("256" in e and "diverged" in e for e in t.excluded)
 
 
@@ -130,7 +138,8 @@ def test_fewer_than_three_regimes_is_not_fitted(tmp_path):
     from kiwi.study.jobs import load_jobs
 
     dirs = [d for d in _study(tmp_path, lambda x: 1.0, noise=0.05) if d.parent.name in ("tpp16", "tpp64")]
-    assert trends([j for d in dirs for j in load_jobs(d)[0]], n_boot=10) == []
+    fitted, unfitted = trends([j for d in dirs for j in load_jobs(d)[0]], n_boot=10)
+    assert fitted == [] and len(unfitted) == 1 and unfitted[0].startswith("interleave_id: 2 usable regime(s)")
 
 
 def test_the_gather_of_a_regime_sweep_writes_the_fit_table_and_plot(tmp_path):
@@ -138,7 +147,8 @@ def test_the_gather_of_a_regime_sweep_writes_the_fit_table_and_plot(tmp_path):
 
     g = gather(_study(tmp_path, lambda x: 2.0 - 0.4 * math.log(x), noise=0.1), tmp_path / "out")
     md = g.files["markdown"].read_text()
-    assert "## Across regimes" in md and "crossover x*" in md and "![benefit vs tokens/param](benefit.png)" in md
+    assert "## Across regimes" in md and "stops paying past x*" in md
+    assert "![benefit vs tokens/param](benefit.png)" in md
     assert {t.unit for t in g.trends} == {"pct", "nats"} and g.files["benefit_plot"].exists()
     rows = g.files["trend_csv"].read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("variant,unit,regimes")
@@ -158,3 +168,36 @@ def test_the_lever_search_reads_each_budgets_gather_and_names_the_headline(tmp_p
     text = write_lever_search(outs, "8192 tokens/param", tmp_path / "lever_search.md").read_text()
     assert "| interleave_id | 0.5x |" in text and "| interleave_id | 1x |" in text
     assert "Better than the equal-FLOPs control (95% interval below zero): interleave_id at 0.5x -3.00%" in text
+
+
+def test_a_regime_with_fewer_than_two_paired_seeds_is_left_out_and_named_not_a_crash(tmp_path):
+    """Found by review: one paired seed (a crashed job) made the whole gather fail."""
+    import shutil
+
+    from kiwi.study.gather import gather
+
+    dirs = _study(tmp_path, lambda x: 1.0 - 0.1 * math.log(x), noise=0.05, seeds=(1, 2))
+    shutil.rmtree(next(d for d in dirs if d.parent.name == "tpp1024" and d.name == "seed2") / "1")
+    g = gather(dirs, tmp_path / "out")
+    t = next(t for t in g.trends if t.unit == "pct")
+    assert 1024.0 not in t.xs and any("1 paired seed(s)" in e for e in t.excluded)
+    assert any("seeds [2] without a pair" in e for e in t.excluded)
+
+
+def test_a_setting_at_two_lrs_gets_a_fit_per_lr_and_a_one_regime_gather_no_trend(tmp_path):
+    """Found by review: the trend raised on any gather whose setting ran at two lrs in one regime."""
+    from kiwi.study.gather import gather
+
+    dirs = _study(tmp_path / "a", lambda x: 1.0, noise=0.05) + _study(tmp_path / "b", lambda x: 2.0, noise=0.05,
+                                                                       lr=3e-3)
+    g = gather(dirs, tmp_path / "out")
+    assert sorted({t.variant for t in g.trends}) == ["interleave_id (lr 0.001)", "interleave_id (lr 0.003)"]
+    one = [d for d in dirs if d.parent.name == "tpp64"]
+    assert gather(one, tmp_path / "one").trends == []
+
+
+def test_a_resample_already_past_its_crossover_counts_below_every_crossover_not_as_never():
+    """Found by review: a resample whose curves had crossed before the first regime counted as +inf."""
+    draws = [fit.BEFORE_FIRST] * 10 + [20.0] * 90
+    i = fit.percentile_interval(20.0, draws, open_high=True)
+    assert i.low == fit.BEFORE_FIRST and i.high == 20.0 and i.undefined == 0
