@@ -383,9 +383,10 @@ class PackedDataset(IterableDataset):
                 produced += 1
                 yield row, position
             if fresh and produced == 0:  # an empty epoch would repeat forever (or end every pass at once)
-                emptied = emptied + 1 if read[0] and self.long_docs is not None else MAX_EMPTIED_EPOCHS
+                dropped_all = read[0] > 0 and self.long_docs is not None  # the plan emptied it, not the data
+                emptied = emptied + 1 if dropped_all else MAX_EMPTIED_EPOCHS
                 if emptied >= MAX_EMPTIED_EPOCHS:
-                    raise self._no_documents(stream, n_streams, emptied if read[0] else 0)
+                    raise self._no_documents(stream, n_streams, emptied if dropped_all else 0)
             else:
                 emptied = 0
             self._log_epoch(stream, n_streams, epoch)

@@ -203,15 +203,6 @@ class Interval:
     high: float | None
     undefined: float = 0.0  # share of bootstrap resamples in which the quantity does not exist
 
-    def __str__(self) -> str:
-        if self.estimate is None:
-            return "none"
-        return f"{self.estimate:.4g} [{_g(self.low)}, {_g(self.high)}]"
-
-
-def _g(value: float | None) -> str:
-    return "none" if value is None else ("inf" if value == math.inf else f"{value:.4g}")
-
 
 def percentile_interval(estimate: float | None, draws: Sequence[float | None], level: float = 0.95,
                         open_high: bool = False) -> Interval:

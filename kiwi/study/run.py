@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 WIKIPEDIA = ROOT.parent / "shared" / "data" / "wikipedia-en-2015"
 
 
-
 def resolve_corpus(corpus: str) -> tuple[str, str]:
     """(corpus, a line saying which it is and why): ``auto`` is Wikipedia when ../shared has it."""
     if corpus == "auto":
@@ -53,17 +52,23 @@ def data_overrides(corpus: str) -> list[str]:
     raise ValueError(f"--corpus: expected auto, wikipedia or docstrings, got {corpus!r}")
 
 
+def compose_experiment(experiment: str, overrides: list[str]):
+    """train.yaml with ``experiment=<experiment>`` and ``overrides``, as the study's train.py step gets it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"experiment={experiment}", *overrides])
+
+
 def base_val_every(profile: str, tokens_per_param: float, overrides: list[str]) -> list[str]:
     """~16 validations along the base's training whatever its length: its held-out curve and last doubling.
     Sized from the base's config with the same overrides the base run gets."""
-    from hydra import compose, initialize_config_dir
     from transformers import Qwen2Config
 
     from kiwi.model.build import as_dict
     from kiwi.upscale import count_parameters
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={profile}_base", *overrides])
+    cfg = compose_experiment(f"{profile}_base", overrides)
     tiny = {k: v for k, v in as_dict(cfg.model.tiny).items() if k in Qwen2Config().to_dict()}
     steps = tokens_per_param * count_parameters(Qwen2Config(**tiny)) / (cfg.data.batch_size * cfg.data.seq_len)
     return [f"trainer.val_check_interval={max(1, round(steps / 16))}"]
@@ -144,11 +149,7 @@ def sweep_stamp() -> str:
 
 def continuation_tokens(profile: str, overrides: list[str]) -> int:
     """The profile's continuation budget (budget.total_tokens of step 2) with the study's overrides."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={profile}", *overrides])
-    return int(cfg.budget.total_tokens)
+    return int(compose_experiment(profile, overrides).budget.total_tokens)
 
 
 def study_tasks(profile: str, regimes: list[str], seeds: int | list[int], variants: str, data: list[str],

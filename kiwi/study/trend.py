@@ -46,7 +46,7 @@ class Arms:
     variant: str
     variant_ppl: dict[float, dict[int, float]] = field(default_factory=dict)
     control_ppl: dict[float, dict[int, float]] = field(default_factory=dict)
-    excluded: list[str] = field(default_factory=list)  # regimes left out, and why
+    excluded: list[str] = field(default_factory=list)  # regimes left out and why; unpaired seeds, unequal FLOPs
 
     def benefits(self, unit: str) -> dict[float, dict[int, float]]:
         return {x: {s: benefit(v, self.control_ppl[x][s], unit) for s, v in seeds.items()}
@@ -291,7 +291,8 @@ def trend_markdown(ts: Sequence[Trend], unfitted: Sequence[str] = ()) -> str:
              "Liew & Kato's form is fitted at one continuation budget, where it is E + C x^-beta per arm: its "
              "alpha2 and alpha3 (how the budget after growth enters) cannot be separated by this design."]
     if excluded := [f"{t.variant}: {'; '.join(t.excluded)}" for t in ts if t.excluded and t.unit == "pct"]:
-        lines.append("Regimes left out of a fit: " + " | ".join(excluded) + ".")
+        lines.append("Regimes left out of a fit, unpaired seeds left out, and unequal FLOPs (kept): "
+                     + " | ".join(excluded) + ".")
     if unfitted:
         lines.append(f"Not fitted (fewer than {MIN_REGIMES} usable regimes): " + " | ".join(unfitted) + ".")
     return "\n".join(lines)
