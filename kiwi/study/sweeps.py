@@ -27,7 +27,10 @@ def check_one_launch(root: Path, job_dirs: list[Path]) -> None:
     launch = root / "multirun.yaml"
     if not launch.exists():
         return
-    task = OmegaConf.select(OmegaConf.load(launch), "hydra.overrides.task", default=None) or []
+    # unresolved: multirun.yaml also holds the config, so reading it resolved ${...} in the launch's overrides
+    # while each job's overrides.yaml keeps them (escaped), and one launch's jobs looked like another's
+    task = OmegaConf.select(OmegaConf.load(launch), "hydra.overrides.task", default=None)
+    task = OmegaConf.to_container(task, resolve=False) if task is not None else []
     swept = _values(list(task))
     count = math.prod(len(v) for v in swept.values()) if swept else 1
     for job_dir in job_dirs:
