@@ -20,6 +20,15 @@ def _values(overrides: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def _overrides(path: Path, key: str | None = None) -> list[str]:
+    """The override strings stored in ``path`` (at ``key``), as written: never resolved, since multirun.yaml
+    also holds the config, and resolving there filled in the ${...} that each job's overrides.yaml keeps
+    (escaped), so one launch's jobs looked like another's."""
+    node = OmegaConf.load(path)
+    node = OmegaConf.select(node, key, default=None) if key else node
+    return [] if node is None else list(OmegaConf.to_container(node, resolve=False))
+
+
 def check_one_launch(root: Path, job_dirs: list[Path]) -> None:
     """Raise ValueError (one line) naming the first job folder of ``root`` the latest launch did not produce:
     a number past its job count, or an override value it did not sweep. Folders without a multirun.yaml
@@ -27,18 +36,15 @@ def check_one_launch(root: Path, job_dirs: list[Path]) -> None:
     launch = root / "multirun.yaml"
     if not launch.exists():
         return
-    # unresolved: multirun.yaml also holds the config, so reading it resolved ${...} in the launch's overrides
-    # while each job's overrides.yaml keeps them (escaped), and one launch's jobs looked like another's
-    task = OmegaConf.select(OmegaConf.load(launch), "hydra.overrides.task", default=None)
-    task = OmegaConf.to_container(task, resolve=False) if task is not None else []
-    swept = _values(list(task))
+    task = _overrides(launch, "hydra.overrides.task")
+    swept = _values(task)
     count = math.prod(len(v) for v in swept.values()) if swept else 1
     for job_dir in job_dirs:
         why = None
         if job_dir.name.isdigit() and int(job_dir.name) >= count:
             why = f"job number {job_dir.name} is past the {count} jobs of the latest launch"
         elif (job_dir / ".hydra" / "overrides.yaml").exists():
-            own = _values(list(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")))
+            own = _values(_overrides(job_dir / ".hydra" / "overrides.yaml"))
             bad = [f"{k}={v[0]}" for k, v in own.items() if v[0] not in swept.get(k, [])]
             bad += [f"{k} unset" for k in swept if k not in own]
             if bad:
