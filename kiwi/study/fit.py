@@ -5,11 +5,15 @@ Two forms, both fitted by least squares with numpy alone:
 
 - **log-linear benefit**, ``benefit(x) = a + b ln x`` with ``x`` the base's tokens/parameter. Two
   parameters, so it can be fitted to five regimes without over-fitting; its zero is the crossover
-  ``x* = exp(-a / b)`` (defined when ``b < 0``: the benefit shrinks as the base trains longer).
+  ``x* = exp(-a / b)``, where up-scaling stops paying when ``b < 0`` and starts paying when ``b > 0``.
 - **Liew & Kato (2025) at one continuation budget.** Their grown-model loss
   ``L = A D1^(-a1) D2^(-a2 + a3 ln D1) + E`` is, at a fixed D2, ``E + C D1^(-beta)`` with
   ``C = A D2^(-a2)`` and ``beta = a1 - a3 ln D2``: a power law with a floor in the base's tokens. Fitted to
   each arm (the up-scaled variant, the equal-FLOPs control), the crossover is where the two curves meet.
+- **no law**: the regimes' means joined in ln x (``interpolated``), for a crossing read off the measurements.
+
+Every crossing (``first_crossing``) has a direction, so a benefit that rises through zero is reported as
+where up-scaling starts paying, never as a crossover "before the first regime".
   Three parameters per arm from five regimes is a tight fit; ``chi2_dof`` says whether it fits.
 
 The bootstrap resamples the seeds (once for every regime when they share them, as seed s orders the data
@@ -40,25 +44,63 @@ class LogLinear:
         return self.a + self.b * np.log(x)
 
     @property
-    def crossover(self) -> float | None:
-        """The ``x`` where ``y`` falls to zero, or None when it never does as ``x`` grows (``b >= 0``)."""
-        if self.b >= 0:
+    def zero(self) -> float | None:
+        """The ``x`` where ``y`` is zero (it falls through it when ``b < 0``, rises when ``b > 0``)."""
+        if self.b == 0:
             return None
         value = -self.a / self.b
         return math.exp(value) if value < 700 else math.inf
 
 
-# A crossover at or before the first regime: up-scaling no longer pays at any training level measured.
+# A bound at or before the first regime: that resample was already past the crossing there.
 BEFORE_FIRST = 0.0
+STOPS, STARTS = "stops paying", "starts paying"
 
 
-def line_crossover(line: LogLinear, first: float) -> float | None:
-    """The training level past which the line's benefit is no longer positive: its zero when it falls
-    (``b < 0``, possibly outside the regimes); BEFORE_FIRST when it does not fall but is not positive at the
-    first regime either; None when it is positive there and never falls (up-scaling keeps paying)."""
-    if line.b < 0:
-        return line.crossover
-    return None if line(first) > 0 else BEFORE_FIRST
+@dataclass(frozen=True)
+class Crossing:
+    """Where a benefit first changes sign in the range searched, and which way: up-scaling STOPS paying there
+    (positive before, not after) or STARTS (the reverse). ``x`` and ``direction`` are None when it keeps one
+    sign throughout; ``paying`` is the sign at the start of the range."""
+
+    x: float | None
+    direction: str | None
+    paying: bool
+
+
+def first_crossing(benefit: Callable, lo: float, hi: float) -> Crossing:
+    """The first sign change of ``benefit`` (positive = up-scaling pays) in [lo, hi]: a log grid, then
+    bisection in ln x. Either direction is a crossing; which one is part of the answer."""
+    grid = np.geomspace(lo, hi, 4000)
+    pays = np.asarray(benefit(grid)) > 0
+    change = np.nonzero(pays != pays[0])[0]
+    if not len(change):
+        return Crossing(None, None, bool(pays[0]))
+    a, b = math.log(grid[change[0] - 1]), math.log(grid[change[0]])
+    for _ in range(60):
+        mid = (a + b) / 2
+        a, b = (mid, b) if (float(benefit(math.exp(mid))) > 0) == pays[0] else (a, mid)
+    return Crossing(math.exp((a + b) / 2), STOPS if pays[0] else STARTS, bool(pays[0]))
+
+
+def interpolated(xs: Sequence[float], ys: Sequence[float]) -> Callable:
+    """The measured points joined by straight lines in ln x: a crossing read off the regimes, with no law."""
+    lx, y = np.log(np.asarray(xs, dtype=float)), np.asarray(ys, dtype=float)
+    return lambda x: np.interp(np.log(x), lx, y)
+
+
+def crossing_interval(estimate: Crossing, draws: Sequence[Crossing], level: float = 0.95) -> Interval:
+    """Percentile interval of the bootstrap crossings that go the estimate's way. A resample that does not
+    cross is still on the estimate's starting side (+inf: not by the end of the range) or already past it
+    (BEFORE_FIRST); one that crosses the other way is undefined and counted in ``undefined``, and bounds
+    that would need it are None. Without a crossing in the estimate, ``undefined`` is the share that cross."""
+    if estimate.direction is None:
+        crossed = sum(d.direction is not None for d in draws) / len(draws) if draws else 0.0
+        return Interval(None, None, None, crossed, None, estimate.paying)
+    values = [d.x if d.direction == estimate.direction else None if d.direction is not None
+              else math.inf if d.paying == estimate.paying else BEFORE_FIRST for d in draws]
+    i = percentile_interval(estimate.x, values, level)
+    return Interval(i.estimate, i.low, i.high, i.undefined, estimate.direction, estimate.paying)
 
 
 @dataclass(frozen=True)
@@ -144,24 +186,6 @@ def chi2_dof(model: Callable, x: Sequence[float], y: Sequence[float], sigma: Seq
     return float(np.sum(((y - model(x)) / sigma) ** 2) / dof) if dof > 0 else math.nan
 
 
-def power_crossover(variant: PowerLaw, control: PowerLaw, lo: float, hi: float) -> float | None:
-    """The smallest ``x`` in [lo, hi] (log grid, then bisection) past which the variant's loss is no longer
-    below the control's; BEFORE_FIRST when it is not below at ``lo``; None when it stays below up to ``hi``."""
-    grid = np.geomspace(lo, hi, 4000)
-    gap = control(grid) - variant(grid)  # > 0: the variant is better
-    if gap[0] <= 0:
-        return BEFORE_FIRST
-    sign_change = np.nonzero(gap <= 0)[0]
-    if not len(sign_change):
-        return None
-    j = int(sign_change[0])
-    a, b = math.log(grid[j - 1]), math.log(grid[j])
-    for _ in range(60):
-        mid = (a + b) / 2
-        a, b = (mid, b) if control(math.exp(mid)) - variant(math.exp(mid)) > 0 else (a, mid)
-    return math.exp((a + b) / 2)
-
-
 def mean_and_se(points: Points) -> tuple[list[float], list[float], list[float]]:
     """(x, mean over seeds, standard error of that mean) per regime, in increasing x."""
     xs, means, ses = [], [], []
@@ -202,6 +226,8 @@ class Interval:
     low: float | None
     high: float | None
     undefined: float = 0.0  # share of bootstrap resamples in which the quantity does not exist
+    direction: str | None = None  # a crossing's: STOPS or STARTS paying
+    paying: bool | None = None  # a crossing's: whether the benefit is positive at the start of its range
 
 
 def percentile_interval(estimate: float | None, draws: Sequence[float | None], level: float = 0.95,

@@ -103,7 +103,7 @@ def paired_arms(jobs: Sequence[StudyJob], bases: Mapping | None = None, control:
 
 @dataclass
 class PowerTrend:
-    """Liew & Kato at one budget, fitted to each arm's loss: the fits, their chi2/dof and the crossover."""
+    """Liew & Kato at one budget, fitted to each arm's loss: the fits, their chi2/dof and where they cross."""
 
     variant: fit.PowerLaw
     control: fit.PowerLaw
@@ -125,7 +125,8 @@ class Trend:
     line: fit.LogLinear
     line_chi2: float
     slope: fit.Interval                            # b: benefit per e-fold of base training
-    crossover: fit.Interval                        # where the line's benefit stops being positive
+    crossover: fit.Interval                        # where the line first changes sign, and which way
+    measured: fit.Interval                         # where the regimes' means do, joined in ln x (no law)
     at_target: fit.Interval                        # the line at QWEN_TOKENS_PER_PARAM (an extrapolation)
     band: list[tuple[float, float, float]]         # (x, low, high) of the line over the bootstrap
     power: PowerTrend | None = None
@@ -139,12 +140,21 @@ def _losses(ppl: Mapping[float, Mapping[int, float]]) -> dict[float, dict[int, f
     return {x: {s: math.log(p) for s, p in seeds.items()} for x, seeds in ppl.items()}
 
 
+def search_range(xs, target: float = QWEN_TOKENS_PER_PARAM) -> tuple[float, float]:
+    """Where a fitted form's crossing is looked for: from the first regime to 10 x past Qwen's."""
+    return min(xs), 10 * max(max(xs), target)
+
+
+def _meet(variant: fit.PowerLaw, control: fit.PowerLaw, lo: float, hi: float) -> fit.Crossing:
+    return fit.first_crossing(lambda x: control(x) - variant(x), lo, hi)  # > 0: the variant's loss is lower
+
+
 def power_trend(arms: Arms, n_boot: int = N_BOOT, seed: int = 0, target: float = QWEN_TOKENS_PER_PARAM
                 ) -> PowerTrend:
     """Both arms' losses fitted by least squares over the regimes' means, and the seed bootstrap of where the
-    curves meet (searched up to 10 x ``target``)."""
+    curves meet (either way; searched up to 10 x ``target``)."""
     loss_v, loss_c = _losses(arms.variant_ppl), _losses(arms.control_ppl)
-    first, last = min(loss_v), 10 * max(max(loss_v), target)
+    first, last = search_range(loss_v, target)
 
     def fits(lv, lc):
         (x1, m1, _), (x2, m2, _) = fit.mean_and_se(lv), fit.mean_and_se(lc)
@@ -158,8 +168,8 @@ def power_trend(arms: Arms, n_boot: int = N_BOOT, seed: int = 0, target: float =
     draws = []
     for _ in range(n_boot):
         draw = fit.resample(rng, loss_v)
-        draws.append(fit.power_crossover(*fits(fit.take(loss_v, draw), fit.take(loss_c, draw)), first, last))
-    cross = fit.percentile_interval(fit.power_crossover(pv, pc, first, last), draws, open_high=True)
+        draws.append(_meet(*fits(fit.take(loss_v, draw), fit.take(loss_c, draw)), first, last))
+    cross = fit.crossing_interval(_meet(pv, pc, first, last), draws)
     return PowerTrend(pv, pc, chi2, cross)
 
 
@@ -174,13 +184,15 @@ def trend(arms: Arms, unit: str, n_boot: int = N_BOOT, seed: int = 0, target: fl
     xs, means, ses = fit.mean_and_se(points)
     line = fit.fit_log_linear(xs, means)
     grid = np.geomspace(min(xs), max(max(xs), target), 60)
+    lo, hi = search_range(xs, target)
     rng = np.random.default_rng(seed)
-    slopes, crossings, at, curves = [], [], [], []
+    slopes, crossings, measured, at, curves = [], [], [], [], []
     for _ in range(n_boot):
         bx, bm, _ = fit.mean_and_se(fit.take(points, fit.resample(rng, points)))
         b_line = fit.fit_log_linear(bx, bm)
         slopes.append(b_line.b)
-        crossings.append(fit.line_crossover(b_line, min(xs)))
+        crossings.append(fit.first_crossing(b_line, lo, hi))
+        measured.append(fit.first_crossing(fit.interpolated(bx, bm), min(bx), max(bx)))
         at.append(float(b_line(target)))
         curves.append(b_line(grid))
     curves = np.asarray(curves)
@@ -190,7 +202,8 @@ def trend(arms: Arms, unit: str, n_boot: int = N_BOOT, seed: int = 0, target: fl
     return Trend(arms.variant, unit, xs, means, ses, intervals, [len(points[x]) for x in xs], line,
                  fit.chi2_dof(line, xs, means, [max(se, 1e-12) for se in ses], 2),
                  fit.percentile_interval(line.b, slopes),
-                 fit.percentile_interval(fit.line_crossover(line, min(xs)), crossings, open_high=True),
+                 fit.crossing_interval(fit.first_crossing(line, lo, hi), crossings),
+                 fit.crossing_interval(fit.first_crossing(fit.interpolated(xs, means), min(xs), max(xs)), measured),
                  fit.percentile_interval(float(line(target)), at), band, power, list(arms.excluded))
 
 
@@ -210,16 +223,19 @@ def trends(jobs: Sequence[StudyJob], bases: Mapping | None = None, n_boot: int =
 
 
 TREND_COLUMNS = ("variant", "unit", "regimes", "seeds", "a", "b", "slope_low", "slope_high", "line_chi2_dof",
-                 "crossover", "crossover_low", "crossover_high", "no_crossover_share", "crossover_in_regimes",
-                 "at_36k", "at_36k_low", "at_36k_high", "power_crossover", "power_crossover_low",
-                 "power_crossover_high", "power_no_crossover_share", "power_chi2_dof_variant",
+                 "crossover_direction", "crossover", "crossover_low", "crossover_high", "crossover_other_way_share",
+                 "crossover_in_regimes", "measured_crossing_direction", "measured_crossing", "measured_crossing_low",
+                 "measured_crossing_high", "measured_crossing_other_way_share", "at_36k", "at_36k_low",
+                 "at_36k_high", "power_crossover_direction", "power_crossover", "power_crossover_low",
+                 "power_crossover_high", "power_crossover_other_way_share",
+                 "power_chi2_dof_variant",
                  "power_chi2_dof_control", "power_flags", "excluded")
 
 
 def in_regimes(t: Trend) -> bool | None:
-    """Whether the line's crossover lies within the regimes measured (else it is an extrapolation)."""
+    """Whether the line's crossing lies within the regimes measured (else it is an extrapolation)."""
     x = t.crossover.estimate
-    return None if x is None or x == fit.BEFORE_FIRST else min(t.xs) <= x <= max(t.xs)
+    return None if x is None else min(t.xs) <= x <= max(t.xs)
 
 
 def power_flags(p: PowerTrend | None) -> str:
@@ -237,16 +253,25 @@ def trend_row(t: Trend) -> dict:
     p = t.power
     return {"variant": t.variant, "unit": t.unit, "regimes": " ".join(f"{x:.4g}" for x in t.xs),
             "seeds": min(t.seeds), "a": t.line.a, "b": t.line.b, "slope_low": t.slope.low,
-            "slope_high": t.slope.high, "line_chi2_dof": t.line_chi2, "crossover": t.crossover.estimate,
-            "crossover_low": t.crossover.low, "crossover_high": t.crossover.high,
-            "no_crossover_share": t.crossover.undefined, "crossover_in_regimes": in_regimes(t),
+            "slope_high": t.slope.high, "line_chi2_dof": t.line_chi2, **_crossing_cols("crossover", t.crossover),
+            "crossover_in_regimes": in_regimes(t), **_crossing_cols("measured_crossing", t.measured),
             "at_36k": t.at_target.estimate, "at_36k_low": t.at_target.low, "at_36k_high": t.at_target.high,
-            "power_crossover": p.crossover.estimate if p else None,
-            "power_crossover_low": p.crossover.low if p else None,
-            "power_crossover_high": p.crossover.high if p else None,
-            "power_no_crossover_share": p.crossover.undefined if p else None,
+            **_crossing_cols("power_crossover", p.crossover if p else None),
             "power_chi2_dof_variant": p.chi2[0] if p else None, "power_chi2_dof_control": p.chi2[1] if p else None,
             "power_flags": power_flags(p), "excluded": "; ".join(t.excluded)}
+
+
+def _crossing_cols(name: str, i: fit.Interval | None) -> dict:
+    """A crossing's CSV columns: which way, where, its bounds and the share of resamples crossing the other way
+    (with no crossing, the direction says which side it stays on)."""
+    if i is None:
+        return dict.fromkeys((f"{name}_direction", name, f"{name}_low", f"{name}_high", f"{name}_other_way_share"))
+    return {f"{name}_direction": i.direction or _no_crossing(i), name: i.estimate, f"{name}_low": i.low,
+            f"{name}_high": i.high, f"{name}_other_way_share": i.undefined if i.direction else None}
+
+
+def _no_crossing(i: fit.Interval) -> str:
+    return "none (pays throughout)" if i.paying else "none (never pays)"
 
 
 def _num(value, digits: str = ".3g") -> str:
@@ -257,11 +282,13 @@ def _num(value, digits: str = ".3g") -> str:
     return "inf" if value == math.inf else format(value, digits)
 
 
-def _crossing(i: fit.Interval, never: str) -> str:
-    """`148 [131, 170]`, with the share of resamples that never cross; ``never`` when the estimate does not."""
-    share = f" ({100 * i.undefined:.0f}% of resamples never cross)" if i.undefined else ""
-    head = never if i.estimate is None else _num(i.estimate)
-    return f"{head} [{_num(i.low)}, {_num(i.high)}]{share}"
+def _crossing(i: fit.Interval, outside: str = "") -> str:
+    """`starts paying at 148 [131, 170]`, with the share of resamples that cross the other way; without a
+    crossing, which side it stays on and the share of resamples that do cross."""
+    if i.direction is None:
+        return _no_crossing(i) + (f" ({100 * i.undefined:.0f}% of resamples cross)" if i.undefined else "")
+    share = f" ({100 * i.undefined:.0f}% of resamples cross the other way)" if i.undefined else ""
+    return f"{i.direction} at {_num(i.estimate)} [{_num(i.low)}, {_num(i.high)}]{outside}{share}"
 
 
 def _line(t: Trend) -> str:
@@ -270,24 +297,29 @@ def _line(t: Trend) -> str:
 
 
 def trend_markdown(ts: Sequence[Trend], unfitted: Sequence[str] = ()) -> str:
-    """The fits in words a reader can check: per setting and unit, the line, its crossover and the
-    extrapolation to 36k tokens/param, each with its bootstrap interval."""
+    """The fits in words a reader can check: per setting and unit, the line, where it and the measured
+    regimes cross zero (and which way), and the extrapolation to 36k tokens/param, each with its bootstrap
+    interval."""
     rows = []
     for t in ts:
         outside = "" if in_regimes(t) in (True, None) else " (outside the regimes: extrapolated)"
         p = t.power
         rows.append([t.variant, UNITS[t.unit], " ".join(f"{x:.4g}" for x in t.xs), str(min(t.seeds)), _line(t),
                      f"[{_num(t.slope.low)}, {_num(t.slope.high)}]", _num(t.line_chi2, ".2f"),
-                     _crossing(t.crossover, "never (positive, not falling)") + outside,
+                     _crossing(t.crossover, outside), _crossing(t.measured),
                      f"{_num(t.at_target.estimate)} [{_num(t.at_target.low)}, {_num(t.at_target.high)}]",
-                     _crossing(p.crossover, "never") if p else "n/a",
+                     _crossing(p.crossover) if p else "n/a",
                      ("/".join(_num(c, ".2f") for c in p.chi2) + (f" ({power_flags(p)})" if power_flags(p) else ""))
                      if p else "n/a"])
     headers = ["setting", "unit", "regimes (tokens/param)", "seeds", "benefit = a + b ln x", "b (95% boot.)",
-               "chi2/dof", "stops paying past x* (95% boot.)", "at 36k tokens/param (extrap.)",
-               "Liew-Kato crossover", "L-K chi2/dof (var/ctrl)"]
+               "chi2/dof", "line crosses zero (95% boot.)", "measured regimes cross zero (95% boot.)",
+               "at 36k tokens/param (extrap.)", "Liew-Kato crossover", "L-K chi2/dof (var/ctrl)"]
     lines = [tables.markdown_table(headers, rows, numeric=[False, False, False, True, False, False, True, False,
-                                                           False, False, False]), "",
+                                                           False, False, False, False]), "",
+             "A crossing is where the benefit first changes sign, either way: up-scaling *starts* paying there "
+             "(it rises through zero) or *stops* (it falls through it). The measured crossing joins the "
+             "regimes' means by straight lines in ln x; its interval is over seeds only, not over that "
+             "interpolation.", "",
              "Liew & Kato's form is fitted at one continuation budget, where it is E + C x^-beta per arm: its "
              "alpha2 and alpha3 (how the budget after growth enters) cannot be separated by this design."]
     if excluded := [f"{t.variant}: {'; '.join(t.excluded)}" for t in ts if t.excluded and t.unit == "pct"]:

@@ -21,13 +21,23 @@ def test_log_linear_recovers_its_parameters_and_crossover():
     y = 3.0 - 0.5 * np.log(x)
     line = fit.fit_log_linear(x, y)
     assert abs(line.a - 3.0) < 1e-9 and abs(line.b + 0.5) < 1e-9
-    assert line.crossover == pytest.approx(math.exp(6.0), rel=1e-9)
-    assert fit.fit_log_linear(x, 1.0 + 0.2 * np.log(x)).crossover is None  # growing benefit: never crosses
-    # where the benefit stops being positive: never when it is positive and does not fall; before the first
-    # regime when it does not fall but is not positive there (it is no "pays forever")
-    assert fit.line_crossover(fit.LogLinear(1.0, 0.2), 16.0) is None
-    assert fit.line_crossover(fit.LogLinear(-3.0, 0.2), 16.0) == fit.BEFORE_FIRST
-    assert fit.line_crossover(fit.LogLinear(3.0, -0.5), 16.0) == pytest.approx(math.exp(6.0))
+    assert line.zero == pytest.approx(math.exp(6.0), rel=1e-9)
+    # a crossing either way, with its direction: falling through zero stops paying, rising through it starts
+    falls = fit.first_crossing(fit.LogLinear(3.0, -0.5), 16.0, 1e6)
+    assert falls.direction == fit.STOPS and falls.x == pytest.approx(math.exp(6.0), rel=1e-9) and falls.paying
+    rises = fit.first_crossing(fit.LogLinear(-3.0, 0.5), 16.0, 1e6)
+    assert rises.direction == fit.STARTS and rises.x == pytest.approx(math.exp(6.0), rel=1e-9) and not rises.paying
+    assert fit.first_crossing(fit.LogLinear(1.0, 0.2), 16.0, 1e6) == fit.Crossing(None, None, True)
+    assert fit.first_crossing(fit.LogLinear(-3.0, 0.2), 16.0, 1e3) == fit.Crossing(None, None, False)
+
+
+def test_the_measured_crossing_joins_the_regimes_in_log_x():
+    xs, ys = [16.0, 64.0, 256.0, 1024.0, 8192.0], [-12.0, -6.0, -1.0, -0.5, 1.0]
+    c = fit.first_crossing(fit.interpolated(xs, ys), 16.0, 8192.0)
+    # zero a third of the way from 1024 to 8192 in ln x
+    assert c.direction == fit.STARTS and c.x == pytest.approx(1024.0 * 8.0 ** (1 / 3), rel=1e-9)
+    down = fit.first_crossing(fit.interpolated(xs, [-y for y in ys]), 16.0, 8192.0)
+    assert down.direction == fit.STOPS and down.x == pytest.approx(c.x, rel=1e-9)
 
 
 def test_power_law_recovers_floor_scale_and_exponent():
@@ -43,14 +53,32 @@ def test_power_law_recovers_floor_scale_and_exponent():
     assert fit.chi2_dof(fit.LogLinear(0.0, 0.0), x, noisy, [0.002] * len(x), 2) > 100  # a wrong form does not
 
 
-def test_power_crossover_is_where_the_curves_meet():
+def test_liew_kato_curves_meet_either_way():
+    from kiwi.study.trend import _meet
+
     variant, control = fit.PowerLaw(2.0, 3.0, 0.5), fit.PowerLaw(1.9, 4.0, 0.5)  # variant wins early, loses late
-    x = fit.power_crossover(variant, control, 1.0, 1e6)
-    assert variant(x) == pytest.approx(control(x), abs=1e-9)  # 0.1 = 1 / sqrt(x): x = 100
-    assert x == pytest.approx(100.0, rel=1e-6)
-    # not better at the first regime: it crossed before it (not "never", which is what staying better is)
-    assert fit.power_crossover(control, variant, 1.0, 1e6) == fit.BEFORE_FIRST
-    assert fit.power_crossover(fit.PowerLaw(1.0, 3.0, 0.5), control, 1.0, 1e6) is None  # better all along
+    c = _meet(variant, control, 1.0, 1e6)
+    assert variant(c.x) == pytest.approx(control(c.x), abs=1e-9)  # 0.1 = 1 / sqrt(x): x = 100
+    assert c.x == pytest.approx(100.0, rel=1e-6) and c.direction == fit.STOPS
+    # worse at the first regime and better later: where it starts paying, at the same x
+    swapped = _meet(control, variant, 1.0, 1e6)
+    assert swapped.direction == fit.STARTS and swapped.x == pytest.approx(100.0, rel=1e-6)
+    assert _meet(fit.PowerLaw(1.0, 3.0, 0.5), control, 1.0, 1e6) == fit.Crossing(None, None, True)
+
+
+def test_a_crossing_interval_keeps_resamples_that_go_the_estimates_way():
+    est = fit.Crossing(100.0, fit.STARTS, False)
+    draws = ([fit.Crossing(90.0, fit.STARTS, False)] * 45 + [fit.Crossing(110.0, fit.STARTS, False)] * 45
+             + [fit.Crossing(None, None, False)] * 5 + [fit.Crossing(None, None, True)] * 5)
+    i = fit.crossing_interval(est, draws)
+    # never paying in range: not yet started (+inf); paying at the first regime: started before it
+    assert (i.low, i.high, i.direction, i.undefined) == (fit.BEFORE_FIRST, math.inf, fit.STARTS, 0.0)
+    other = fit.crossing_interval(est, [fit.Crossing(90.0, fit.STARTS, False)] * 90
+                                  + [fit.Crossing(50.0, fit.STOPS, True)] * 10)
+    assert other.undefined == pytest.approx(0.1) and other.low is None  # too many the other way to bound
+    none = fit.crossing_interval(fit.Crossing(None, None, True), [fit.Crossing(5.0, fit.STOPS, True)] * 3
+                                 + [fit.Crossing(None, None, True)])
+    assert none.estimate is None and none.paying and none.undefined == pytest.approx(0.75)
 
 
 def test_bad_fit_inputs_are_one_line_errors():
@@ -100,14 +128,42 @@ def test_the_trend_recovers_a_known_benefit_law_and_its_crossover(tmp_path):
     assert sorted(arms.variant_ppl) == list(REGIMES) and all(len(s) == 8 for s in arms.variant_ppl.values())
     t = trend(arms, "pct", n_boot=400)
     assert abs(t.line.a - 4.0) < 0.1 and abs(t.line.b + 0.8) < 0.02
-    assert t.crossover.low < math.exp(5.0) < t.crossover.high
+    assert t.crossover.low < math.exp(5.0) < t.crossover.high and t.crossover.direction == fit.STOPS
     assert t.crossover.high / t.crossover.low < 1.5  # 8 seeds at this noise decide it
+    _near(t.measured, fit.STOPS, math.exp(5.0))
     at = truth(36_000)
     assert t.at_target.low < at < t.at_target.high
     nats = trend(arms, "nats", n_boot=50)
     assert nats.line.b < 0 and nats.crossover.estimate == pytest.approx(math.exp(5.0), rel=0.1)
     files = write_trends([t, nats], tmp_path / "out")
     assert files["benefit_plot"].stat().st_size > 0 and "crossover" in files["trend_csv"].read_text()
+
+
+def test_a_benefit_that_rises_through_zero_is_where_up_scaling_starts_paying(tmp_path):
+    """Found in study v3: every identity setting's benefit rose with training (b > 0), and the trend table
+    printed its crossover as "before the first regime" (trend.csv: 0.0) under "stops paying past x*"."""
+    from kiwi.study.jobs import load_jobs
+    from kiwi.study.trend import trend_markdown, trend_row
+
+    def truth(x):
+        return -4.0 + 0.8 * math.log(x)  # worse than equal FLOPs early, better from e^5 = 148.4 tokens/param on
+
+    jobs = [j for d in _study(tmp_path, truth, noise=0.05) for j in load_jobs(d)[0]]
+    (arms,) = paired_arms(jobs)
+    t = trend(arms, "pct", n_boot=400)
+    row = trend_row(t)
+    assert row["crossover"] == pytest.approx(math.exp(5.0), rel=0.1)
+    assert row["crossover_direction"] == fit.STARTS and row["crossover_low"] < math.exp(5.0) < row["crossover_high"]
+    _near(t.measured, fit.STARTS, math.exp(5.0))
+    md = trend_markdown([t])
+    assert "starts paying at 1" in md and "before the first regime" not in md
+
+
+def _near(i, direction: str, x: float):
+    """A measured crossing from two regimes' means: within 5% of the truth, its interval around the estimate
+    and under 10% wide (it is over seeds only, so a single draw need not cover the truth)."""
+    assert i.direction == direction and i.estimate == pytest.approx(x, rel=0.05)
+    assert i.low <= i.estimate <= i.high and i.high / i.low < 1.1
 
 
 def test_each_setting_pairs_with_its_own_regimes_and_seeds_control(tmp_path):
@@ -147,7 +203,7 @@ def test_the_gather_of_a_regime_sweep_writes_the_fit_table_and_plot(tmp_path):
 
     g = gather(_study(tmp_path, lambda x: 2.0 - 0.4 * math.log(x), noise=0.1), tmp_path / "out")
     md = g.files["markdown"].read_text()
-    assert "## Across regimes" in md and "stops paying past x*" in md
+    assert "## Across regimes" in md and "line crosses zero" in md
     assert "![benefit vs tokens/param](benefit.png)" in md
     assert {t.unit for t in g.trends} == {"pct", "nats"} and g.files["benefit_plot"].exists()
     rows = g.files["trend_csv"].read_text().splitlines()
@@ -168,6 +224,8 @@ def test_the_lever_search_reads_each_budgets_gather_and_names_the_headline(tmp_p
     text = write_lever_search(outs, "8192 tokens/param", tmp_path / "lever_search.md").read_text()
     assert "| interleave_id | 0.5x |" in text and "| interleave_id | 1x |" in text
     assert "Better than the equal-FLOPs control (95% interval below zero): interleave_id at 0.5x -3.00%" in text
+    # these synthetic variants train on a third fewer FLOPs than their control: flagged in the row and headline
+    assert "| -33.3% |" in text and "] * † |" in text and "0.5x -3.00% [" in text and "* †." in text
 
 
 def test_a_regime_with_fewer_than_two_paired_seeds_is_left_out_and_named_not_a_crash(tmp_path):
