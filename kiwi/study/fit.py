@@ -10,11 +10,11 @@ Two forms, both fitted by least squares with numpy alone:
   ``L = A D1^(-a1) D2^(-a2 + a3 ln D1) + E`` is, at a fixed D2, ``E + C D1^(-beta)`` with
   ``C = A D2^(-a2)`` and ``beta = a1 - a3 ln D2``: a power law with a floor in the base's tokens. Fitted to
   each arm (the up-scaled variant, the equal-FLOPs control), the crossover is where the two curves meet.
+  Three parameters per arm from five regimes is a tight fit; ``chi2_dof`` says whether it fits.
 - **no law**: the regimes' means joined in ln x (``interpolated``), for a crossing read off the measurements.
 
 Every crossing (``first_crossing``) has a direction, so a benefit that rises through zero is reported as
 where up-scaling starts paying, never as a crossover "before the first regime".
-  Three parameters per arm from five regimes is a tight fit; ``chi2_dof`` says whether it fits.
 
 The bootstrap resamples the seeds (once for every regime when they share them, as seed s orders the data
 alike in all), the same seeds for a variant and its control (the pair shares its data order), and refits:

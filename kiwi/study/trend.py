@@ -227,8 +227,7 @@ TREND_COLUMNS = ("variant", "unit", "regimes", "seeds", "a", "b", "slope_low", "
                  "crossover_in_regimes", "measured_crossing_direction", "measured_crossing", "measured_crossing_low",
                  "measured_crossing_high", "measured_crossing_other_way_share", "at_36k", "at_36k_low",
                  "at_36k_high", "power_crossover_direction", "power_crossover", "power_crossover_low",
-                 "power_crossover_high", "power_crossover_other_way_share",
-                 "power_chi2_dof_variant",
+                 "power_crossover_high", "power_crossover_other_way_share", "power_chi2_dof_variant",
                  "power_chi2_dof_control", "power_flags", "excluded")
 
 
